@@ -1,0 +1,183 @@
+"""Decode any file ffmpeg reads into mono 16 kHz float32, in bounded windows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 600.0  # audio held in memory at once; longer files are cut at quiet points
+CUT_SEARCH_SECONDS = 20.0  # where, before a window's end, to look for the quietest moment
+FRAME_SECONDS = 0.1
+READ_BLOCK = 1 << 20
+
+
+class AudioError(Exception):
+    """A file we cannot turn into audio; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    path: Path
+    duration: float | None
+    channels: int
+    format_name: str
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    offset: float  # seconds from the start of the file
+    samples: np.ndarray  # float32, mono, 16 kHz
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / SAMPLE_RATE
+
+
+def ffmpeg_url(path: Path) -> str:
+    """A file: URL, so names with ':' or a leading '-' are never read as options or protocols."""
+    return "file:" + str(path)
+
+
+def require_tool(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise AudioError(f"{name} is not installed or not on PATH; install ffmpeg (Debian: apt-get install ffmpeg)")
+    return found
+
+
+def probe(path: Path) -> AudioInfo:
+    """Check that `path` is readable media with an audio stream, before any model time is spent."""
+    if not path.exists():
+        raise AudioError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: the file is empty (0 bytes); re-copy or re-record it")
+    command = [
+        require_tool("ffprobe"), "-v", "error", "-show_entries",
+        "format=duration,format_name:stream=codec_type,channels", "-of", "json", ffmpeg_url(path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    data = json.loads(result.stdout or "{}") if result.returncode == 0 else {}
+    if not data.get("format"):
+        reason = first_line(result.stderr) or "unrecognised format"
+        raise AudioError(f"{path}: not an audio or video file ffmpeg can read ({reason}); convert it to WAV, FLAC or MP3")
+    audio_streams = [s for s in data.get("streams", []) if s.get("codec_type") == "audio"]
+    if not audio_streams:
+        raise AudioError(f"{path}: has no audio stream (video only?); nothing to transcribe")
+    fmt = data["format"]
+    duration = float(fmt["duration"]) if fmt.get("duration") not in (None, "N/A") else None
+    return AudioInfo(path, duration, int(audio_streams[0].get("channels") or 1), fmt.get("format_name", "?"))
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def decode_command(path: Path, channel: int | None) -> list[str]:
+    mix = ["-ac", "1"] if channel is None else ["-af", f"pan=mono|c0=c{channel}"]
+    return [
+        require_tool("ffmpeg"), "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0",
+        "-i", ffmpeg_url(path), "-map", "0:a:0", "-vn", "-sn", "-dn",
+        *mix, "-ar", str(SAMPLE_RATE), "-f", "f32le", "-",
+    ]
+
+
+def quietest_cut(samples: np.ndarray, search_seconds: float = CUT_SEARCH_SECONDS) -> int:
+    """Index of the quietest 100 ms frame in the last `search_seconds`: a cut there splits no word."""
+    frame = int(FRAME_SECONDS * SAMPLE_RATE)
+    search = min(int(search_seconds * SAMPLE_RATE), len(samples) // 2) // frame * frame
+    if search < frame:
+        return len(samples)
+    start = len(samples) - search
+    energy = np.square(samples[start:].reshape(-1, frame)).mean(axis=1)
+    latest_quietest = len(energy) - 1 - int(np.argmin(energy[::-1]))
+    return start + latest_quietest * frame + frame // 2
+
+
+def stream_windows(
+    info: AudioInfo,
+    channel: int | None = None,
+    window_seconds: float = WINDOW_SECONDS,
+    strict: bool = True,
+) -> Iterator[AudioWindow]:
+    """Yield the audio in windows of at most `window_seconds`, cut at quiet points.
+
+    With `strict`, decoding errors and a file much shorter than its header says (a truncated
+    download) raise AudioError after the last window.
+    """
+    window = int(window_seconds * SAMPLE_RATE)
+    process = subprocess.Popen(
+        decode_command(info.path, channel), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    pending = np.empty(0, dtype=np.float32)
+    blocks: list[np.ndarray] = []
+    buffered = 0
+    offset = 0
+    carry = b""
+    try:
+        while True:
+            block = process.stdout.read(READ_BLOCK)
+            if block:
+                data = carry + block
+                usable = len(data) // 4 * 4
+                carry = data[usable:]
+                blocks.append(np.frombuffer(data[:usable], dtype=np.float32))
+                buffered += usable // 4
+            if buffered >= window + window // 10 or not block:
+                pending = np.concatenate([pending, *blocks])
+                blocks, buffered = [], len(pending)
+                while len(pending) >= window + window // 10 or (not block and len(pending) > window):
+                    cut = quietest_cut(pending[:window])
+                    yield AudioWindow(offset / SAMPLE_RATE, pending[:cut].copy())
+                    offset += cut
+                    pending = pending[cut:]
+                buffered = len(pending)
+            if not block:
+                break
+        errors = process.stderr.read().decode(errors="replace")
+        returncode = process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+    total = offset + len(pending)
+    if returncode != 0:
+        raise AudioError(f"{info.path}: ffmpeg could not decode the audio ({first_line(errors)})")
+    if total == 0:
+        raise AudioError(f"{info.path}: contains no audio samples")
+    if strict:
+        check_complete(info, total / SAMPLE_RATE, errors)
+    if len(pending):
+        yield AudioWindow(offset / SAMPLE_RATE, pending)
+
+
+def check_complete(info: AudioInfo, decoded_seconds: float, errors: str) -> None:
+    """Refuse a damaged file rather than silently transcribing part of it."""
+    expected = info.duration
+    if expected and decoded_seconds < 0.9 * expected - 1.0:
+        raise AudioError(
+            f"{info.path}: truncated or damaged: decoded {decoded_seconds:.1f} s of {expected:.1f} s "
+            f"({first_line(errors) or 'stream ends early'}); re-copy the file, or pass --ignore_decode_errors True"
+        )
+    if errors.strip():
+        raise AudioError(
+            f"{info.path}: damaged audio ({first_line(errors)}); re-copy the file, "
+            "or pass --ignore_decode_errors True to transcribe what can be decoded"
+        )
+
+
+def decode(path: Path, channel: int | None = None) -> np.ndarray:
+    """The whole file at once (for short files and tests)."""
+    info = probe(path)
+    return np.concatenate([w.samples for w in stream_windows(info, channel, window_seconds=1e9)])

@@ -1,0 +1,61 @@
+"""`whisper-hpc FILES... [flags]` transcribes; `whisper-hpc doctor` diagnoses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from whisper_hpc import runtime
+from whisper_hpc.options import UsageError, parse
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> int:
+    print(f"whisper-hpc: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    runtime.make_offline()
+    if argv[:1] == ["doctor"]:
+        from whisper_hpc.doctor import doctor
+
+        return doctor(argv[1:])
+    if not argv:
+        from whisper_hpc.options import print_help
+
+        print_help()
+        return USAGE_ERROR
+    try:
+        arguments = parse(argv)
+    except UsageError as error:
+        return fail(str(error))
+    # SIGTERM (scancel, time limit) must unwind: partial files and the run directory get removed.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    try:
+        return transcribe(arguments)
+    except UsageError as error:
+        return fail(str(error))
+    except KeyboardInterrupt:
+        print("whisper-hpc: interrupted; finished transcripts are kept, the current file is not written", file=sys.stderr)
+        return 130
+
+
+def transcribe(arguments) -> int:
+    from whisper_hpc.setup import build_run
+
+    run = build_run(arguments)
+    if run is None:
+        return USAGE_ERROR
+    summary = run()
+    print(summary.line(), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

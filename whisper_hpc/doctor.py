@@ -1,0 +1,112 @@
+"""`whisper-hpc doctor`: what this process would run on, with what, and whether it is offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Sequence
+
+from whisper_hpc import runtime
+from whisper_hpc.devices import engine_cuda_status, explain_cuda_unusable, gather_gpu_report
+from whisper_hpc.engines.base import installed_version
+from whisper_hpc.model_store import list_staged
+from whisper_hpc.site import load_site, model_root, site_file
+
+NETWORK_VARIABLES = ("HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+
+
+def section(title: str) -> None:
+    print(f"\n{title}")
+
+
+def row(label: str, value: object) -> None:
+    print(f"  {label:<30} {value}")
+
+
+def doctor(argv: Sequence[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: whisper-hpc doctor\n\nPrint devices, engine builds, threads, staged models and offline settings.")
+        return 0
+    threads = runtime.available_cpus()
+    runtime.pin_threads(threads)
+    runtime.start_run()
+    problems: list[str] = []
+
+    section("whisper-hpc")
+    row("version", installed_version("whisper-hpc"))
+    row("python", sys.version.split()[0])
+    site = load_site()
+    row("site file", site_file() or "none (built-in defaults)")
+
+    section("threads")
+    row("SLURM_CPUS_PER_TASK", os.environ.get("SLURM_CPUS_PER_TASK", "unset"))
+    row("CPUs this process may use", len(os.sched_getaffinity(0)))
+    row("threads used", threads)
+    for name in runtime.THREAD_VARIABLES:
+        row(name, os.environ.get(name))
+
+    section("devices")
+    report = gather_gpu_report()
+    row("CUDA_VISIBLE_DEVICES", report.visible_devices if report.visible_devices is not None else "unset")
+    row("NVIDIA device nodes", "yes" if report.device_nodes else "no")
+    row("nvidia-smi", "found" if report.nvidia_smi else "not found")
+    row("driver version", report.driver_version or "-")
+    row("driver CUDA version", report.driver_cuda or "-")
+    row("GPUs", ", ".join(report.gpu_names) or "-")
+    row("cuDNN library", report.cudnn or "not found")
+
+    section("engines")
+    for backend, packages in (("faster-whisper", ("faster-whisper", "ctranslate2")), ("openai-whisper", ("openai-whisper", "torch"))):
+        versions = ", ".join(f"{p} {installed_version(p)}" for p in packages)
+        if importlib.util.find_spec(packages[0].replace("-", "_") if backend == "faster-whisper" else "whisper") is None:
+            row(backend, f"not installed ({versions})")
+            continue
+        built, count = engine_cuda_status(backend)
+        usable = f"CUDA usable ({count} GPU)" if count else "CPU only"
+        row(backend, f"{versions}; built for CUDA {built or 'none'}; {usable}")
+        if count == 0 and (report.device_nodes or report.nvidia_smi):
+            problems.append(explain_cuda_unusable(report, backend, built, count))
+    if backend_supports_cpu_int8():
+        row("CTranslate2 CPU types", ", ".join(sorted(cpu_compute_types())))
+
+    section("models")
+    root = model_root(site)
+    row("model root", root)
+    staged = list_staged(root)
+    if not root.is_dir():
+        problems.append(f"model root {root} does not exist: set WHISPER_MODELS or the site's paths.model_root")
+    for model in staged:
+        engines = [e for e, ok in (("faster-whisper", model.ctranslate2_dir), ("openai-whisper", model.openai_checkpoint)) if ok]
+        row(model.name, ", ".join(engines))
+    if root.is_dir() and not staged:
+        problems.append(f"no models are staged in {root}; an administrator runs `whisper-models fetch NAME`")
+
+    section("network")
+    for name in runtime.OFFLINE_VARIABLES:
+        row(name, os.environ.get(name))
+    for name in NETWORK_VARIABLES:
+        if os.environ.get(name):
+            row(name, os.environ[name])
+    online = [name for name in runtime.OFFLINE_VARIABLES if os.environ.get(name) != runtime.OFFLINE_VARIABLES[name]]
+    untokenised = [m.name for m in staged if (m.path / "model.bin").is_file() and not (m.path / "tokenizer.json").is_file()]
+    if untokenised:
+        problems.append(f"faster-whisper would ask the hub for a tokenizer for: {', '.join(untokenised)} (add tokenizer.json)")
+    row("would try the network", "yes: " + ", ".join(online + untokenised) if online or untokenised else
+        "no: hub, telemetry and downloads are off; models are local paths")
+    row("caches", os.environ.get("XDG_CACHE_HOME"))
+
+    section("problems")
+    for problem in problems or ["none found"]:
+        print(f"  {problem}")
+    return 1 if problems else 0
+
+
+def backend_supports_cpu_int8() -> bool:
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def cpu_compute_types() -> set[str]:
+    import ctranslate2
+
+    return ctranslate2.get_supported_compute_types("cpu")

@@ -1,0 +1,86 @@
+"""faster-whisper (CTranslate2): int8 on CPU, float16 on CUDA, optional batched inference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, LoadedModel, Notice, package_versions
+from whisper_hpc.transcript import Segment, Word
+
+
+class FasterWhisperEngine:
+    name = "faster-whisper"
+
+    def __init__(self, model: LoadedModel, notice: Notice) -> None:
+        directory = model.staged.ctranslate2_dir
+        if directory is None:
+            raise EngineError(
+                f"{model.staged.path}: not a CTranslate2 model directory (needs model.bin, config.json, "
+                "tokenizer.json); use --backend openai-whisper for a .pt checkpoint, or stage the model "
+                "with `whisper-models fetch`"
+            )
+        from faster_whisper import WhisperModel
+
+        self.device = model.device
+        self.compute_type = model.compute_type or ("float16" if model.device == "cuda" else "int8")
+        try:
+            self.model = WhisperModel(
+                str(directory),
+                device=model.device,
+                device_index=model.device_index,
+                compute_type=self.compute_type,
+                cpu_threads=model.threads,
+                local_files_only=True,
+            )
+        except (ValueError, RuntimeError) as error:
+            raise EngineError(f"faster-whisper cannot load {directory} on {model.device} as {self.compute_type}: {error}")
+        self.batched = None
+
+    def transcribe(self, samples: np.ndarray, options: DecodeOptions) -> EngineResult:
+        arguments = dict(
+            language=options.language,
+            task=options.task,
+            beam_size=options.beam_size,
+            best_of=options.best_of,
+            temperature=list(options.temperature),
+            compression_ratio_threshold=options.compression_ratio_threshold,
+            log_prob_threshold=options.logprob_threshold,
+            no_speech_threshold=options.no_speech_threshold,
+            condition_on_previous_text=options.condition_on_previous_text,
+            initial_prompt=options.initial_prompt,
+            word_timestamps=options.word_timestamps,
+            suppress_tokens=[int(t) for t in options.suppress_tokens.split(",") if t.strip()],
+            vad_filter=options.vad_filter,
+        )
+        if options.patience is not None:
+            arguments["patience"] = options.patience
+        if options.length_penalty is not None:
+            arguments["length_penalty"] = options.length_penalty
+        if options.batch_size > 1:
+            if self.batched is None:
+                from faster_whisper import BatchedInferencePipeline
+
+                self.batched = BatchedInferencePipeline(model=self.model)
+            segments, info = self.batched.transcribe(samples, batch_size=options.batch_size, without_timestamps=False, **arguments)
+        else:
+            segments, info = self.model.transcribe(samples, **arguments)
+        return EngineResult((convert(s) for s in segments), info.language, info.language_probability)
+
+    def versions(self) -> dict[str, str]:
+        return package_versions("faster-whisper", "ctranslate2")
+
+
+def convert(segment) -> Segment:
+    words = None
+    if segment.words is not None:
+        words = [Word(w.start, w.end, w.word, w.probability) for w in segment.words]
+    return Segment(
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        words=words,
+        avg_logprob=segment.avg_logprob,
+        no_speech_prob=segment.no_speech_prob,
+        compression_ratio=segment.compression_ratio,
+        temperature=segment.temperature,
+    )

@@ -1,0 +1,71 @@
+"""Which files to transcribe, and where each one's transcripts go."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MEDIA_SUFFIXES = frozenset(
+    ".wav .flac .mp3 .m4a .aac .ogg .oga .opus .wma .webm .mp4 .m4v .mkv .mka .mov .avi .mpeg .mpg "
+    ".3gp .amr .aif .aiff .caf .wv .ape .ts .mts .au .spx .ac3 .dts".split()
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input file and the path stem its transcripts are written under."""
+
+    source: Path
+    output_base: Path  # output_dir/<relative stem>; a format's file is output_base + "." + ext
+
+    def outputs(self, formats: tuple[str, ...], channel: str | None = None) -> list[Path]:
+        base = self.channel_base(channel)
+        return [base.with_name(base.name + "." + fmt) for fmt in formats]
+
+    def channel_base(self, channel: str | None) -> Path:
+        return self.output_base if channel is None else self.output_base.with_name(f"{self.output_base.name}.{channel}")
+
+
+def read_file_list(path: Path) -> list[str]:
+    """One path per line; blank lines and lines starting with # are ignored."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def media_in(directory: Path) -> list[Path]:
+    found = []
+    for folder, subfolders, files in os.walk(directory):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        found.extend(Path(folder) / f for f in sorted(files) if Path(f).suffix.lower() in MEDIA_SUFFIXES and not f.startswith("."))
+    return found
+
+
+def output_stem(path: Path) -> str:
+    return path.stem if path.suffix else path.name
+
+
+def collect_jobs(arguments: list[str], output_dir: Path) -> list[Job]:
+    """Files as given (even missing ones: they fail later, with their name); directories walked.
+
+    Files found inside a directory keep their relative folders under the output directory, so
+    a/talk.wav and b/talk.wav do not overwrite each other.
+    """
+    jobs: list[Job] = []
+    seen: set[Path] = set()
+    for argument in arguments:
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            for found in media_in(path):
+                relative = found.relative_to(path)
+                add(jobs, seen, Job(found, output_dir / relative.parent / output_stem(found)))
+        else:
+            add(jobs, seen, Job(path, output_dir / output_stem(path)))
+    return jobs
+
+
+def add(jobs: list[Job], seen: set[Path], job: Job) -> None:
+    key = job.source.resolve() if job.source.exists() else job.source.absolute()
+    if key not in seen:
+        seen.add(key)
+        jobs.append(job)

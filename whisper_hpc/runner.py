@@ -1,0 +1,166 @@
+"""Transcribe a list of jobs with one model load: skip finished files, survive bad ones."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from whisper_hpc import audio
+from whisper_hpc.engines import DecodeOptions, Engine
+from whisper_hpc.inputs import Job
+from whisper_hpc.progress import Progress
+from whisper_hpc.transcript import Segment, Transcript
+from whisper_hpc.writers import write_transcript
+
+PROMPT_CARRY_CHARACTERS = 200  # text carried into the next window as its prompt
+
+
+@dataclass
+class RunSettings:
+    formats: tuple[str, ...]
+    overwrite: bool = False
+    skip_existing: bool = True
+    split_channels: bool = False
+    strict_audio: bool = True
+    verbose: bool = False
+    model_name: str = ""
+    window_seconds: float = audio.WINDOW_SECONDS
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return f"whisper-hpc: {self.done} done, {self.skipped} skipped, {len(self.failed)} failed"
+
+
+def channel_names(count: int) -> list[str]:
+    return ["left", "right"] if count == 2 else [f"ch{i}" for i in range(count)]
+
+
+def is_finished(job: Job, settings: RunSettings) -> bool:
+    """All requested transcripts exist (for every channel, when channels are split)."""
+    if settings.overwrite or not settings.skip_existing:
+        return False
+    if settings.split_channels:
+        left, right = job.outputs(settings.formats, "left"), job.outputs(settings.formats, "right")
+        mono = job.outputs(settings.formats)
+        return all(p.exists() for p in left + right) or all(p.exists() for p in mono)
+    return all(p.exists() for p in job.outputs(settings.formats))
+
+
+def run_jobs(
+    jobs: list[Job],
+    settings: RunSettings,
+    load: Callable[[], Engine],
+    options: DecodeOptions,
+    errors=None,
+) -> Summary:
+    """Run every job; `load` is called once, and only if at least one file needs transcribing."""
+    errors = errors or sys.stderr
+    summary = Summary()
+    pending = []
+    for job in jobs:
+        if is_finished(job, settings):
+            summary.skipped += 1
+            print(f"skip {job.source}: transcripts exist (pass --overwrite True to redo)", file=errors)
+        else:
+            pending.append(job)
+    if not pending:
+        return summary
+    progress = Progress(len(pending), errors)
+    engine: Engine | None = None
+    for index, job in enumerate(pending, start=1):
+        started = time.monotonic()
+        try:
+            info = audio.probe(job.source)
+            if engine is None:
+                engine = load()
+            channels: list[int | None] = [None]
+            if settings.split_channels and info.channels > 1:
+                channels = list(range(info.channels))
+            duration = 0.0
+            for channel in channels:
+                label = None if channel is None else channel_names(info.channels)[channel]
+                transcript = transcribe_file(engine, info, channel, label, options, settings, progress)
+                write_transcript(transcript, job.channel_base(label), settings.formats)
+                duration = transcript.duration
+            summary.done += 1
+            progress.file_finished(index, str(job.source), duration, time.monotonic() - started)
+        except (audio.AudioError, OSError, ValueError, RuntimeError) as error:
+            message = str(error) if str(job.source) in str(error) else f"{job.source}: {error}"
+            summary.failed.append(message)
+            print(f"error: {message}", file=errors, flush=True)
+    return summary
+
+
+def transcribe_file(
+    engine: Engine,
+    info: audio.AudioInfo,
+    channel: int | None,
+    label: str | None,
+    options: DecodeOptions,
+    settings: RunSettings,
+    progress: Progress,
+) -> Transcript:
+    """Transcribe one file (or one channel of it) window by window, on the file's time line."""
+    started = time.monotonic()
+    segments: list[Segment] = []
+    language = probability = None
+    decoded = 0.0
+    window_options = options
+    name = info.path.name if label is None else f"{info.path.name} ({label})"
+    for window in audio.stream_windows(info, channel, settings.window_seconds, strict=settings.strict_audio):
+        result = engine.transcribe(window.samples, window_options)
+        if language is None:
+            language, probability = result.language, result.language_probability
+            # Later windows keep the language found at the start, as one pass over the file would.
+            window_options = replace(window_options, language=language)
+        for segment in result.segments:
+            placed = segment.shifted(window.offset)
+            segments.append(placed)
+            if settings.verbose:
+                print(f"[{placed.start:8.2f} --> {placed.end:8.2f}] {placed.text.strip()}", flush=True)
+            progress.within_file(name, placed.end, info.duration, started)
+        decoded = window.offset + window.duration
+        if options.condition_on_previous_text and segments:
+            carried = " ".join(s.text.strip() for s in segments[-10:])[-PROMPT_CARRY_CHARACTERS:]
+            window_options = replace(window_options, initial_prompt=carried)
+    return Transcript(
+        source=str(info.path),
+        language=language,
+        language_probability=probability,
+        duration=round(decoded, 3),
+        segments=[clip(s, decoded) for s in segments],
+        model=settings.model_name,
+        engine=engine.name,
+        versions=engine.versions(),
+        device=engine.device,
+        compute_type=engine.compute_type,
+        channel=label,
+        wall_time=round(time.monotonic() - started, 3),
+        options=options_record(options),
+    )
+
+
+def clip(segment: Segment, duration: float) -> Segment:
+    """Keep timestamps inside the audio (engines may round the last one past the end)."""
+    if segment.end <= duration and segment.start <= duration:
+        return segment
+    segment.start = min(segment.start, duration)
+    segment.end = min(segment.end, duration)
+    for word in segment.words or []:
+        word.start, word.end = min(word.start, duration), min(word.end, duration)
+    return segment
+
+
+def options_record(options: DecodeOptions) -> dict:
+    record = {k: v for k, v in vars(options).items() if v is not None}
+    record["temperature"] = list(options.temperature)
+    return record
+

@@ -1,0 +1,106 @@
+"""Process set-up that must happen before any engine is imported: offline, caches, threads."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+OFFLINE_VARIABLES = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "DO_NOT_TRACK": "1",
+    "PYANNOTE_METRICS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+# Each cache a library may write, relative to the per-run temporary directory.
+CACHE_VARIABLES = {
+    "XDG_CACHE_HOME": "cache",
+    "HF_HOME": "cache/huggingface",
+    "TORCH_HOME": "cache/torch",
+    "NUMBA_CACHE_DIR": "cache/numba",
+    "MPLCONFIGDIR": "cache/matplotlib",
+    "TRITON_CACHE_DIR": "cache/triton",
+}
+
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "CT2_INTER_THREADS",
+)
+
+
+def make_offline(environ: dict[str, str] | None = None) -> None:
+    """Forbid every library we load from reaching a hub or a telemetry host."""
+    env = os.environ if environ is None else environ
+    env.update(OFFLINE_VARIABLES)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: Slurm's allocation first, then the affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def pin_threads(threads: int, environ: dict[str, str] | None = None) -> None:
+    """Make every BLAS / OpenMP pool use `threads`, so a shared node is not oversubscribed."""
+    env = os.environ if environ is None else environ
+    for name in THREAD_VARIABLES:
+        env[name] = "1" if name == "CT2_INTER_THREADS" else str(threads)
+
+
+class RunDirectory:
+    """A per-run writable temporary directory holding every cache; removed on exit."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        base = parent or os.environ.get("WHISPER_HPC_TMPDIR") or os.environ.get("TMPDIR") or None
+        self.path = Path(tempfile.mkdtemp(prefix="whisper-hpc-", dir=base))
+
+    def point_caches_here(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        for name, relative in CACHE_VARIABLES.items():
+            target = self.path / relative
+            target.mkdir(parents=True, exist_ok=True)
+            env[name] = str(target)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "RunDirectory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+_current_run: RunDirectory | None = None
+
+
+def start_run() -> RunDirectory:
+    """Create this process's run directory, point every cache into it, remove it at exit."""
+    global _current_run
+    if _current_run is None:
+        _current_run = RunDirectory()
+        _current_run.point_caches_here()
+        atexit.register(_current_run.cleanup)
+    return _current_run
+
+
+def run_scratch() -> Path:
+    """A writable directory for this run's scratch files (gone when the process ends)."""
+    return start_run().path

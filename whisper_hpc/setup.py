@@ -1,0 +1,155 @@
+"""Turn the parsed command line into a run: jobs, model, device, threads, decoding options."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from whisper_hpc import runtime
+from whisper_hpc.options import UsageError
+from whisper_hpc.writers import FORMATS
+
+
+def notice(message: str) -> None:
+    print(f"whisper-hpc: {message}", file=sys.stderr, flush=True)
+
+
+def output_formats(value: str) -> tuple[str, ...]:
+    requested = [v.strip().lower() for v in value.split(",") if v.strip()]
+    if "all" in requested:
+        return FORMATS
+    unknown = [v for v in requested if v not in FORMATS]
+    if unknown or not requested:
+        raise UsageError(f"--output_format {value}: choose from {', '.join(FORMATS)} or all")
+    return tuple(dict.fromkeys(requested))
+
+
+def temperatures(start: float, increment: float | None) -> tuple[float, ...]:
+    """openai-whisper's fallback schedule: start, start+increment, ... up to 1.0."""
+    if not increment:
+        return (start,)
+    steps = int(round((1.0 - start) / increment)) if start < 1.0 else 0
+    return tuple(round(start + i * increment, 4) for i in range(steps + 1))
+
+
+def parse_device(value: str, index: int) -> tuple[str, int]:
+    device, _, suffix = value.strip().lower().partition(":")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device {value}: choose auto, cpu, cuda or cuda:N")
+    if suffix:
+        if not suffix.isdigit():
+            raise UsageError(f"--device {value}: the GPU number after 'cuda:' must be a whole number")
+        index = int(suffix)
+    return device, index
+
+
+def writable_directory(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create output directory {path}: {error.strerror}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {path} is not writable; choose another with --output_dir")
+    return path
+
+
+def build_run(arguments) -> Callable[[], object] | None:
+    threads = arguments.threads if arguments.threads > 0 else runtime.available_cpus()
+    runtime.pin_threads(threads)
+    runtime.start_run()
+
+    from whisper_hpc.devices import DeviceError, resolve_device
+    from whisper_hpc.engines import DecodeOptions, EngineError, LoadedModel, load_engine
+    from whisper_hpc.inputs import collect_jobs, read_file_list
+    from whisper_hpc.languages import language_code
+    from whisper_hpc.model_store import ModelNotFound, resolve_model
+    from whisper_hpc.runner import RunSettings, run_jobs
+    from whisper_hpc.site import load_site, model_root
+
+    formats = output_formats(arguments.output_format)
+    names = list(arguments.audio)
+    if arguments.file_list:
+        try:
+            names += read_file_list(Path(arguments.file_list))
+        except OSError as error:
+            raise UsageError(f"--file_list {arguments.file_list}: {error.strerror}")
+    if not names:
+        raise UsageError("no input files: give audio files, directories or --file_list FILE")
+    output_dir = writable_directory(Path(arguments.output_dir).expanduser())
+    jobs = collect_jobs(names, output_dir)
+
+    site = load_site()
+    root = Path(arguments.model_dir) if arguments.model_dir else model_root(site)
+    spec = arguments.model_directory or arguments.model or site.default_model
+    if not spec:
+        raise UsageError(f"no model given: pass --model NAME (see `whisper-hpc doctor` for the models staged in {root})")
+    try:
+        staged = resolve_model(spec, root)
+    except ModelNotFound as error:
+        raise UsageError(str(error))
+
+    try:
+        language = language_code(arguments.language)
+    except ValueError as error:
+        raise UsageError(f"--language: {error}")
+    if staged.english_only and (language not in (None, "en") or arguments.task == "translate"):
+        what = f"--language {arguments.language}" if language not in (None, "en") else "--task translate"
+        raise UsageError(f"model {staged.name} is English-only and cannot do {what}; use a multilingual model")
+    if staged.english_only:
+        language = "en"
+
+    backend = arguments.backend
+    if not arguments.local_files_only:
+        notice("--local_files_only False ignored: whisper-hpc never downloads; models come from the model root")
+    if backend == "openai-whisper" and (arguments.vad_filter or arguments.batch_size > 1):
+        notice("--vad_filter and --batch_size are faster-whisper options; openai-whisper ignores them")
+    requested, device_index = parse_device(arguments.device, arguments.device_index)
+    try:
+        device = resolve_device(requested, backend)
+    except DeviceError as error:
+        raise UsageError(str(error))
+
+    compute_type = None if arguments.compute_type in ("default", "auto") else arguments.compute_type
+    if arguments.fp16 is not None and backend == "openai-whisper":
+        compute_type = "float16" if arguments.fp16 else "float32"
+
+    options = DecodeOptions(
+        language=language,
+        task=arguments.task,
+        beam_size=arguments.beam_size,
+        best_of=arguments.best_of,
+        patience=arguments.patience,
+        length_penalty=arguments.length_penalty,
+        temperature=temperatures(arguments.temperature, arguments.temperature_increment_on_fallback),
+        compression_ratio_threshold=arguments.compression_ratio_threshold,
+        logprob_threshold=arguments.logprob_threshold,
+        no_speech_threshold=arguments.no_speech_threshold,
+        condition_on_previous_text=arguments.condition_on_previous_text,
+        initial_prompt=arguments.initial_prompt,
+        word_timestamps=arguments.word_timestamps,
+        suppress_tokens=arguments.suppress_tokens,
+        vad_filter=arguments.vad_filter and backend == "faster-whisper",
+        batch_size=arguments.batch_size if backend == "faster-whisper" else 0,
+    )
+    settings = RunSettings(
+        formats=formats,
+        overwrite=arguments.overwrite,
+        skip_existing=arguments.skip_existing,
+        split_channels=arguments.split_channels,
+        strict_audio=not arguments.ignore_decode_errors,
+        verbose=arguments.verbose,
+        model_name=staged.name,
+    )
+    loaded = LoadedModel(staged, device, compute_type, threads, device_index)
+
+    def load():
+        try:
+            engine = load_engine(backend, loaded, notice)
+        except EngineError as error:
+            raise UsageError(str(error))
+        notice(f"{engine.name} {staged.name} on {engine.device} ({engine.compute_type}, {threads} threads)")
+        return engine
+
+    return lambda: run_jobs(jobs, settings, load, options)

@@ -1,0 +1,106 @@
+"""Transcript files: txt, vtt, srt, tsv and json, each written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from whisper_hpc.transcript import Segment, Transcript
+
+FORMATS = ("txt", "vtt", "srt", "tsv", "json")
+
+
+def timestamp(seconds: float, decimal: str = ".", always_hours: bool = True) -> str:
+    milliseconds = max(0, round(seconds * 1000))
+    hours, milliseconds = divmod(milliseconds, 3_600_000)
+    minutes, milliseconds = divmod(milliseconds, 60_000)
+    secs, milliseconds = divmod(milliseconds, 1000)
+    hours_part = f"{hours:02d}:" if always_hours or hours else ""
+    return f"{hours_part}{minutes:02d}:{secs:02d}{decimal}{milliseconds:03d}"
+
+
+def labelled(segment: Segment) -> str:
+    text = segment.text.strip()
+    return f"[{segment.speaker}] {text}" if segment.speaker else text
+
+
+def cue_text(segment: Segment) -> str:
+    # A blank line or "-->" inside a cue would end it early in srt/vtt.
+    return labelled(segment).replace("-->", "->").replace("\n", " ")
+
+
+def render_txt(transcript: Transcript) -> str:
+    return "".join(labelled(s) + "\n" for s in transcript.segments)
+
+
+def render_srt(transcript: Transcript) -> str:
+    cues = [
+        f"{i}\n{timestamp(s.start, ',')} --> {timestamp(s.end, ',')}\n{cue_text(s)}\n"
+        for i, s in enumerate(transcript.segments, start=1)
+    ]
+    return "\n".join(cues)
+
+
+def render_vtt(transcript: Transcript) -> str:
+    cues = [f"{timestamp(s.start)} --> {timestamp(s.end)}\n{cue_text(s)}\n" for s in transcript.segments]
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def render_tsv(transcript: Transcript) -> str:
+    """openai-whisper's tsv: integer milliseconds, so it survives spreadsheets."""
+    speaker = any(s.speaker for s in transcript.segments)
+    header = "start\tend\tspeaker\ttext\n" if speaker else "start\tend\ttext\n"
+    rows = []
+    for s in transcript.segments:
+        text = s.text.strip().replace("\t", " ").replace("\n", " ")
+        cells = [str(round(s.start * 1000)), str(round(s.end * 1000))] + ([s.speaker or ""] if speaker else []) + [text]
+        rows.append("\t".join(cells) + "\n")
+    return header + "".join(rows)
+
+
+def render_json(transcript: Transcript) -> str:
+    return json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2) + "\n"
+
+
+RENDERERS: dict[str, Callable[[Transcript], str]] = {
+    "txt": render_txt,
+    "vtt": render_vtt,
+    "srt": render_srt,
+    "tsv": render_tsv,
+    "json": render_json,
+}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~current_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_transcript(transcript: Transcript, base: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Write `base`.<ext> for each format; json last, since it marks the file as done."""
+    written = []
+    for fmt in sorted(formats, key=lambda f: f == "json"):
+        target = base.with_name(base.name + "." + fmt)
+        write_atomically(target, RENDERERS[fmt](transcript))
+        written.append(target)
+    return written
