@@ -10,6 +10,10 @@ DEMO_MODEL ?= tiny.en
 SAMPLE_WHEEL := pyannote.audio==4.0.4
 SAMPLE := $(BUILD)/demo/sample.wav
 PYTEST_ARGS ?=
+# Each capability's make rules live in mk/*.mk; they add what `make test` needs to TEST_DEPS.
+TEST_DEPS :=
+.DEFAULT_GOAL := demo
+-include mk/*.mk
 
 .PHONY: demo test unit bench models venv system-deps clean
 
@@ -18,7 +22,7 @@ demo: venv models $(SAMPLE)
 	@echo; echo "Transcript ($(BUILD)/demo/sample.txt):"; cat $(BUILD)/demo/sample.txt
 	@echo; echo "Subtitles: $(BUILD)/demo/sample.srt (also .vtt .tsv .json beside it)"
 
-test: venv models
+test: venv models $(SAMPLE) $(TEST_DEPS)
 	CI=$${CI:-} SHARED_DATA=$(SHARED)/data $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: venv

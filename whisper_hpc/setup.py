@@ -66,7 +66,7 @@ def build_run(arguments) -> Callable[[], object] | None:
     from whisper_hpc.languages import language_code
     from whisper_hpc.model_store import ModelNotFound, resolve_model
     from whisper_hpc.runner import RunSettings, run_jobs
-    from whisper_hpc.site import load_site, model_root
+    from whisper_hpc.site import SiteError, load_site, model_root
 
     formats = output_formats(arguments.output_format)
     names = list(arguments.audio)
@@ -80,7 +80,10 @@ def build_run(arguments) -> Callable[[], object] | None:
     output_dir = writable_directory(Path(arguments.output_dir).expanduser())
     jobs = collect_jobs(names, output_dir)
 
-    site = load_site()
+    try:
+        site = load_site()
+    except SiteError as error:
+        raise UsageError(str(error))
     root = Path(arguments.model_dir) if arguments.model_dir else model_root(site)
     spec = arguments.model_directory or arguments.model or site.default_model
     if not spec:

@@ -1,4 +1,8 @@
-"""The site configuration: one TOML file from which every installed piece is rendered."""
+"""The site configuration: one TOML file from which every installed piece is rendered.
+
+See site.example.toml for every key. Lookup: $WHISPER_HPC_SITE, else
+/etc/whisper-hpc/site.toml, else the built-in defaults below.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,24 @@ class Site:
     """What a site decides once: where models live, what the wrapper binds, how jobs run."""
 
     name: str = "generic"
+    support: str = "your HPC support team"
+    module_version: str = "0.1.0"
+    prefix: Path = Path("/opt/whisper-hpc")
     model_root: Path = Path("/opt/whisper-hpc/models")
+    images: Path = Path("/opt/whisper-hpc/images")
     default_model: str | None = None
     data_areas: tuple[str, ...] = ("/home", "/scratch")
+    scratch_variables: tuple[str, ...] = ("TMPDIR", "SLURM_TMPDIR", "SCRATCH")
     native_fallback: bool = False
+    apptainer: str = "apptainer"
+    partition: str = ""
+    account: str = ""
+    gpu_gres: str = "gpu:1"
+    max_time: str = "24:00:00"
+    array_throttle: int = 20
+    allowed_roots: tuple[str, ...] = ("/home", "/scratch")
     source: Path | None = None
-    extra: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
 
 
 def site_file() -> Path | None:
@@ -32,6 +48,10 @@ def site_file() -> Path | None:
     return SYSTEM_SITE_FILE if SYSTEM_SITE_FILE.is_file() else None
 
 
+class SiteError(Exception):
+    """A site file that cannot be read; the message names it."""
+
+
 def load_site(path: Path | None = None) -> Site:
     """Read the site file (or the built-in defaults when there is none)."""
     path = path or site_file()
@@ -39,21 +59,37 @@ def load_site(path: Path | None = None) -> Site:
         return Site()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SystemExit(f"whisper-hpc: site file {path} does not exist (set {SITE_FILE_VARIABLE} to a readable site.toml)")
+    except OSError as error:
+        raise SiteError(f"site file {path}: {error.strerror} (set {SITE_FILE_VARIABLE} to a readable site.toml)")
     except tomllib.TOMLDecodeError as error:
-        raise SystemExit(f"whisper-hpc: site file {path} is not valid TOML: {error}")
-    site = data.get("site", {})
-    paths = data.get("paths", {})
-    wrapper = data.get("wrapper", {})
+        raise SiteError(f"site file {path} is not valid TOML: {error}")
+    return site_from_dict(data, path)
+
+
+def site_from_dict(data: dict, source: Path | None = None) -> Site:
+    defaults = Site()
+    section = lambda name: data.get(name, {})  # noqa: E731
+    site, paths, wrapper, slurm = section("site"), section("paths"), section("wrapper"), section("slurm")
     return Site(
-        name=site.get("name", Site.name),
-        model_root=Path(paths.get("model_root", Site.model_root)),
-        default_model=data.get("models", {}).get("default"),
-        data_areas=tuple(wrapper.get("data_areas", Site.data_areas)),
-        native_fallback=bool(wrapper.get("native_fallback", Site.native_fallback)),
-        source=path,
-        extra=data,
+        name=site.get("name", defaults.name),
+        support=site.get("support", defaults.support),
+        module_version=str(site.get("module_version", defaults.module_version)),
+        prefix=Path(paths.get("prefix", defaults.prefix)),
+        model_root=Path(paths.get("model_root", defaults.model_root)),
+        images=Path(paths.get("images", defaults.images)),
+        default_model=section("models").get("default", defaults.default_model),
+        data_areas=tuple(wrapper.get("data_areas", defaults.data_areas)),
+        scratch_variables=tuple(wrapper.get("scratch_variables", defaults.scratch_variables)),
+        native_fallback=bool(wrapper.get("native_fallback", defaults.native_fallback)),
+        apptainer=wrapper.get("apptainer", defaults.apptainer),
+        partition=slurm.get("partition", defaults.partition),
+        account=slurm.get("account", defaults.account),
+        gpu_gres=slurm.get("gpu_gres", defaults.gpu_gres),
+        max_time=slurm.get("max_time", defaults.max_time),
+        array_throttle=int(slurm.get("array_throttle", defaults.array_throttle)),
+        allowed_roots=tuple(section("ondemand").get("allowed_roots", defaults.allowed_roots)),
+        source=source,
+        raw=data,
     )
 
 
