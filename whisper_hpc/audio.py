@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -62,7 +63,7 @@ def probe(path: Path) -> AudioInfo:
         raise AudioError(f"{path}: the file is empty (0 bytes); re-copy or re-record it")
     command = [
         require_tool("ffprobe"), "-v", "error", "-show_entries",
-        "format=duration,format_name:stream=codec_type,channels", "-of", "json", ffmpeg_url(path),
+        "format=duration,format_name:stream=codec_type,channels,duration", "-of", "json", ffmpeg_url(path),
     ]
     result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     data = json.loads(result.stdout or "{}") if result.returncode == 0 else {}
@@ -73,8 +74,16 @@ def probe(path: Path) -> AudioInfo:
     if not audio_streams:
         raise AudioError(f"{path}: has no audio stream (video only?); nothing to transcribe")
     fmt = data["format"]
-    duration = float(fmt["duration"]) if fmt.get("duration") not in (None, "N/A") else None
+    # The audio stream's own duration: a video's container may run longer than its sound.
+    duration = seconds_or_none(audio_streams[0].get("duration")) or seconds_or_none(fmt.get("duration"))
     return AudioInfo(path, duration, int(audio_streams[0].get("channels") or 1), fmt.get("format_name", "?"))
+
+
+def seconds_or_none(value: object) -> float | None:
+    try:
+        return float(value) if value not in (None, "N/A") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def first_line(text: str) -> str:
@@ -115,8 +124,10 @@ def stream_windows(
     download) raise AudioError after the last window.
     """
     window = int(window_seconds * SAMPLE_RATE)
+    # ffmpeg's messages go to a file: a pipe read only at the end would fill up and deadlock.
+    messages = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        decode_command(info.path, channel), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        decode_command(info.path, channel), stdout=subprocess.PIPE, stderr=messages, stdin=subprocess.DEVNULL
     )
     pending = np.empty(0, dtype=np.float32)
     blocks: list[np.ndarray] = []
@@ -143,14 +154,15 @@ def stream_windows(
                 buffered = len(pending)
             if not block:
                 break
-        errors = process.stderr.read().decode(errors="replace")
         returncode = process.wait()
+        messages.seek(0)
+        errors = messages.read(1 << 16).decode(errors="replace")
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         process.stdout.close()
-        process.stderr.close()
+        messages.close()
     total = offset + len(pending)
     if returncode != 0:
         raise AudioError(f"{info.path}: ffmpeg could not decode the audio ({first_line(errors)})")

@@ -29,7 +29,7 @@ class Job:
 
 def read_file_list(path: Path) -> list[str]:
     """One path per line; blank lines and lines starting with # are ignored."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -61,7 +61,35 @@ def collect_jobs(arguments: list[str], output_dir: Path) -> list[Job]:
                 add(jobs, seen, Job(found, output_dir / relative.parent / output_stem(found)))
         else:
             add(jobs, seen, Job(path, output_dir / output_stem(path)))
-    return jobs
+    return without_collisions(jobs)
+
+
+def without_collisions(jobs: list[Job]) -> list[Job]:
+    """Two inputs must never write the same transcript.
+
+    talk.wav and talk.mp3 keep their extension in the output name (talk.wav.srt, talk.mp3.srt);
+    files with the very same name from different folders (a/talk.wav, b/talk.wav, as a file
+    list of one recording per subject often has) keep the folders that tell them apart
+    (out/a/talk.srt, out/b/talk.srt).
+    """
+    by_base: dict[Path, list[Job]] = {}
+    for job in jobs:
+        by_base.setdefault(job.output_base, []).append(job)
+    renamed = {}
+    for base, clashing in by_base.items():
+        if len(clashing) < 2:
+            continue
+        names = [j.source.name for j in clashing]
+        if len(set(names)) == len(names):
+            for job in clashing:
+                renamed[id(job)] = Job(job.source, base.with_name(job.source.name))
+            continue
+        folders = [j.source.absolute().parent for j in clashing]
+        common = Path(os.path.commonpath(folders))
+        for job, folder in zip(clashing, folders):
+            relative = folder.relative_to(common)
+            renamed[id(job)] = Job(job.source, base.parent / relative / job.source.name)
+    return [renamed.get(id(job), job) for job in jobs]
 
 
 def add(jobs: list[Job], seen: set[Path], job: Job) -> None:

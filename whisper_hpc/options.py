@@ -141,6 +141,8 @@ def expand_bare_booleans(argv: Sequence[str], flags: set[str]) -> list[str]:
     """`--overwrite` alone means `--overwrite True`; `--overwrite False` keeps its value."""
     expanded: list[str] = []
     for position, token in enumerate(argv):
+        if token == "--":
+            return expanded + list(argv[position:])
         expanded.append(token)
         if token in flags:
             following = argv[position + 1] if position + 1 < len(argv) else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def temperatures(start: float, increment: float | None) -> tuple[float, ...]:
     """openai-whisper's fallback schedule: start, start+increment, ... up to 1.0."""
     if not increment:
         return (start,)
-    steps = int(round((1.0 - start) / increment)) if start < 1.0 else 0
+    steps = int(math.floor((1.0 - start) / increment + 1e-6)) if start < 1.0 else 0
     return tuple(round(start + i * increment, 4) for i in range(steps + 1))
 
 
@@ -78,7 +79,10 @@ def build_run(arguments) -> Callable[[], object] | None:
     if not names:
         raise UsageError("no input files: give audio files, directories or --file_list FILE")
     output_dir = writable_directory(Path(arguments.output_dir).expanduser())
-    jobs = collect_jobs(names, output_dir)
+    try:
+        jobs = collect_jobs(names, output_dir)
+    except ValueError as error:
+        raise UsageError(str(error))
 
     try:
         site = load_site()

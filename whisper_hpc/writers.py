@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -27,9 +28,14 @@ def labelled(segment: Segment) -> str:
     return f"[{segment.speaker}] {text}" if segment.speaker else text
 
 
+def one_line(text: str) -> str:
+    """Any line break (\\n, \\r, U+2028) would end a cue or a tsv row early."""
+    return " ".join(text.split())
+
+
 def cue_text(segment: Segment) -> str:
-    # A blank line or "-->" inside a cue would end it early in srt/vtt.
-    return labelled(segment).replace("-->", "->").replace("\n", " ")
+    # An arrow inside a cue's text would read as a new cue timing line.
+    return re.sub(r"-{2,}>", "->", one_line(labelled(segment)))
 
 
 def render_txt(transcript: Transcript) -> str:
@@ -55,7 +61,7 @@ def render_tsv(transcript: Transcript) -> str:
     header = "start\tend\tspeaker\ttext\n" if speaker else "start\tend\ttext\n"
     rows = []
     for s in transcript.segments:
-        text = s.text.strip().replace("\t", " ").replace("\n", " ")
+        text = one_line(s.text)
         cells = [str(round(s.start * 1000)), str(round(s.end * 1000))] + ([s.speaker or ""] if speaker else []) + [text]
         rows.append("\t".join(cells) + "\n")
     return header + "".join(rows)

@@ -1,0 +1,170 @@
+"""Process set-up (whisper_hpc.runtime) and language names (whisper_hpc.languages)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from whisper_hpc import runtime
+from whisper_hpc.languages import ALIASES, LANGUAGES, language_code
+from whisper_hpc.runtime import (
+    CACHE_VARIABLES,
+    OFFLINE_VARIABLES,
+    THREAD_VARIABLES,
+    RunDirectory,
+    available_cpus,
+    make_offline,
+    pin_threads,
+)
+
+
+# ----------------------------------------------------------------------------- CPUs and threads
+
+
+def test_available_cpus_honours_slurm(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "7")
+    assert available_cpus() == 7
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", " 3 ")
+    assert available_cpus() == 3
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "abc", "-4", "2.5"])
+def test_available_cpus_falls_back_to_affinity(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    else:
+        monkeypatch.setenv("SLURM_CPUS_PER_TASK", value)
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert available_cpus() == 3
+
+
+def test_available_cpus_without_affinity(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+
+    def refused(pid):
+        raise OSError("not allowed")
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", refused, raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: None)
+    assert available_cpus() == 1
+
+
+def test_pin_threads_sets_every_pool():
+    env: dict[str, str] = {"OMP_NUM_THREADS": "64", "UNRELATED": "x"}
+    pin_threads(6, env)
+    assert {name: env[name] for name in THREAD_VARIABLES} == {
+        "OMP_NUM_THREADS": "6", "MKL_NUM_THREADS": "6", "OPENBLAS_NUM_THREADS": "6",
+        "NUMEXPR_NUM_THREADS": "6", "VECLIB_MAXIMUM_THREADS": "6", "CT2_INTER_THREADS": "1",
+    }
+    assert env["UNRELATED"] == "x"
+
+
+def test_make_offline_sets_hub_variables():
+    env = {"HF_HUB_OFFLINE": "0", "HOME": "/home/me"}
+    make_offline(env)
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert env["TRANSFORMERS_OFFLINE"] == "1"
+    assert env["HF_HUB_DISABLE_TELEMETRY"] == "1"
+    assert env["HOME"] == "/home/me"
+    assert all(env[k] == v for k, v in OFFLINE_VARIABLES.items())
+
+
+def test_make_offline_defaults_to_the_process_environment(monkeypatch):
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    make_offline()
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert os.environ["HF_DATASETS_OFFLINE"] == "1"
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def test_run_directory_removes_itself(tmp_path):
+    with RunDirectory(str(tmp_path)) as run:
+        path = run.path
+        assert path.is_dir() and path.parent == tmp_path and path.name.startswith("whisper-hpc-")
+        (path / "nested" / "deeper").mkdir(parents=True)
+        (path / "nested" / "deeper" / "cache.bin").write_bytes(b"x" * 100)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_directory_removes_itself_on_error(tmp_path):
+    with pytest.raises(RuntimeError):
+        with RunDirectory(str(tmp_path)) as run:
+            path = run.path
+            raise RuntimeError("boom")
+    assert not path.exists()
+
+
+def test_run_directory_parent_from_environment(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setenv("WHISPER_HPC_TMPDIR", str(tmp_path / "mine"))
+    with RunDirectory() as run:
+        assert run.path.parent == tmp_path / "mine"
+    monkeypatch.delenv("WHISPER_HPC_TMPDIR")
+    with RunDirectory() as run:
+        assert run.path.parent == tmp_path / "tmp"
+
+
+def test_point_caches_here(tmp_path):
+    env: dict[str, str] = {}
+    with RunDirectory(str(tmp_path)) as run:
+        run.point_caches_here(env)
+        assert set(env) == set(CACHE_VARIABLES)
+        for name, relative in CACHE_VARIABLES.items():
+            assert Path(env[name]) == run.path / relative
+            assert Path(env[name]).is_dir()
+    assert not Path(env["HF_HOME"]).exists()
+
+
+def test_start_run_is_created_once_and_cleaned_at_exit(tmp_path, monkeypatch):
+    registered = []
+    monkeypatch.setattr(runtime, "_current_run", None)
+    monkeypatch.setattr(runtime.atexit, "register", registered.append)
+    monkeypatch.setenv("WHISPER_HPC_TMPDIR", str(tmp_path))
+    for name in CACHE_VARIABLES:
+        monkeypatch.setenv(name, "/should/be/replaced")
+    run = runtime.start_run()
+    assert runtime.start_run() is run
+    assert runtime.run_scratch() == run.path
+    assert run.path.parent == tmp_path
+    assert Path(os.environ["HF_HOME"]) == run.path / "cache" / "huggingface"
+    assert len(registered) == 1
+    registered[0]()
+    assert not run.path.exists()
+
+
+# ----------------------------------------------------------------------------- languages
+
+
+@pytest.mark.parametrize(
+    "value, code",
+    [("German", "de"), ("german", "de"), ("de", "de"), (" EN ", "en"), ("haitian creole", "ht"),
+     ("Mandarin", "zh"), ("castilian", "es"), ("yue", "yue")],
+)
+def test_language_code(value, code):
+    assert language_code(value) == code
+
+
+@pytest.mark.parametrize("value", [None, "auto", "AUTO", "", "  ", "none"])
+def test_language_detect(value):
+    assert language_code(value) is None
+
+
+@pytest.mark.parametrize("value", ["klingon", "xx", "deutsch"])
+def test_unknown_language(value):
+    with pytest.raises(ValueError, match=f"unknown language '{value}'"):
+        language_code(value)
+
+
+def test_language_table_is_consistent():
+    assert len(LANGUAGES) >= 99
+    assert all(code == code.lower() and name == name.lower() for code, name in LANGUAGES.items())
+    assert set(ALIASES.values()) <= set(LANGUAGES)
+    assert len(set(LANGUAGES.values())) == len(LANGUAGES)
