@@ -69,7 +69,7 @@ def cli(model_root: Path, home: Path, tmp_path: Path):
         }
         environment.update(env or {})
         command = [*(wrap or []), str(BIN / "whisper-hpc"), *arguments]
-        result = subprocess.run(command, cwd=cwd or tmp_path, env=environment, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(command, cwd=cwd or tmp_path, env=environment, capture_output=True, text=True, timeout=1800)
         if check is True:
             assert result.returncode == 0, result.stderr
         return result
