@@ -66,13 +66,19 @@ def is_staged_dir(path: Path) -> bool:
 
 
 def list_staged(root: Path) -> list[StagedModel]:
-    """Every model under the root, sorted by name."""
+    """Every model under the root, sorted by name (dot-folders such as .staging are not models)."""
     if not root.is_dir():
         return []
-    return sorted(
-        (StagedModel(p.name, p) for p in root.iterdir() if p.is_dir() and is_staged_dir(p)),
-        key=lambda m: m.name,
-    )
+    models = []
+    for path in root.iterdir():
+        if path.name.startswith("."):
+            continue
+        try:
+            if path.is_dir() and is_staged_dir(path):
+                models.append(StagedModel(path.name, path))
+        except PermissionError:
+            continue
+    return sorted(models, key=lambda m: m.name)
 
 
 def looks_like_path(spec: str) -> bool:
