@@ -1,0 +1,220 @@
+"""The Lmod modulefiles and `make install`, with the real Lmod: avail, help, whatis, load, unload."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from cluster_fixtures import LMOD_INIT, MODULE_VERSION, SYSTEM_PATH, installed_prefix, lmod, write_site  # noqa: F401
+from conftest import ROOT, need
+
+pytestmark = pytest.mark.system
+LMOD_BOOKKEEPING = re.compile(r"^(_ModuleTable\d+_|__LMOD_REF_COUNT_|__LMOD_STACK_)")
+
+
+def environment_of(output: str) -> dict[str, str]:
+    """`env -0` output as a dict."""
+    return dict(item.split("=", 1) for item in output.split("\0") if "=" in item)
+
+
+def without_lmod_bookkeeping(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not LMOD_BOOKKEEPING.match(k)}
+
+
+def between(output: str, start: str, end: str) -> str:
+    return output.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_avail_lists_both_modules(lmod):
+    result = lmod("module -t avail")
+    assert result.returncode == 0, result.stderr
+    listed = result.stderr.split()
+    assert f"whisper/{MODULE_VERSION}" in listed and f"whisper-diarization/{MODULE_VERSION}" in listed
+
+
+def test_help_gives_copy_paste_examples_memory_advice_and_where_outputs_go(lmod, installed_prefix):
+    result = lmod("module help whisper")
+    assert result.returncode == 0, result.stderr
+    text = result.stderr
+    slurm = installed_prefix.prefix / "slurm"
+    for line in (
+        "$tiny_en", "$base",
+        "srun --mem=2G singularity_wrapper run talk.wav --model_directory $tiny_en --language en",
+        "srun --gres=gpu:1 --mem=8G singularity_wrapper run talk.wav --model_directory $base --device cuda",
+        f"sbatch {slurm}/whisper-cpu.sbatch talk.wav --language en",
+        f"sbatch {slurm}/whisper-gpu.sbatch talk.wav",
+        f"sbatch --array=1-$(wc -l < files.txt)%4 {slurm}/whisper-array.sbatch files.txt",
+        "whisper-batch submit recordings/",
+        "Open OnDemand",
+        "Transcripts appear in the current folder: talk.txt, talk.srt",
+    ):
+        assert line in text, line
+    memory = between(text, "MEMORY (--mem) PER MODEL SIZE", "GOOD TO KNOW")
+    assert re.search(r"tiny\s+39 M\s+0\.3 GB\s+measured\s+--mem=2G", memory)
+    assert re.search(r"large\s+1550 M\s+\d+\.\d GB\s+estimated\s+--mem=\d+G", memory)
+
+
+def test_diarization_help_uses_the_same_command_with_diarize(lmod):
+    text = lmod("module help whisper-diarization").stderr
+    assert "srun --mem=2G singularity_wrapper run talk.wav --model_directory $tiny_en --language en --diarize" in text
+    assert "talk.rttm" in text
+
+
+def test_whatis_names_the_models(lmod):
+    text = lmod("module whatis whisper").stderr
+    assert "Models: base tiny.en" in text and "Version: " + MODULE_VERSION in text
+
+
+def test_load_sets_image_models_offline_caches_and_path(lmod, installed_prefix):
+    result = lmod("module load whisper && echo \"names=$model_names\" && command -v singularity_wrapper whisper-batch"
+                  " && env -0 > loaded.env", cwd=lmod.home)
+    assert result.returncode == 0, result.stderr
+    assert "whisper/0.1.0 loaded. Models: $base $tiny_en." in " ".join(result.stderr.split())
+    assert "names=base tiny_en" in result.stdout
+    assert f"{installed_prefix.bin}/singularity_wrapper\n{installed_prefix.bin}/whisper-batch" in result.stdout
+    env = environment_of((lmod.home / "loaded.env").read_text())
+    assert env["CONTAINER_IMAGE"] == str(installed_prefix.images / "whisper.sif")
+    assert env["WHISPER_MODELS"] == str(installed_prefix.model_root)
+    assert env["WHISPER_HPC_SITE"] == str(installed_prefix.prefix / "etc" / "site.toml")
+    assert env["tiny_en"] == str(installed_prefix.model_root / "tiny.en")
+    assert env["base"] == str(installed_prefix.model_root / "base")
+    assert env["HF_HUB_OFFLINE"] == "1" and env["PYANNOTE_METRICS_ENABLED"] == "0"
+    for cache in ("HF_HOME", "TORCH_HOME"):
+        assert not env[cache].startswith(str(lmod.home)), cache
+    assert env["PATH"].split(":")[0] == str(installed_prefix.bin)
+
+
+def test_unload_restores_the_environment_exactly(lmod):
+    """Also the values a user had before: pushenv restores them, prepend_path removes only its own."""
+    own = {"HF_HOME": "/mine/hf", "CONTAINER_IMAGE": "/mine/other.sif", "tiny_en": "/mine/tiny",
+           "PATH": f"/mine/bin:{SYSTEM_PATH}"}
+    result = lmod("env -0 > before.env; module load whisper; module load whisper-diarization; module unload "
+                  "whisper-diarization; env -0 > after.env; module -t list 2> list.txt", env=own, cwd=lmod.home)
+    assert result.returncode == 0, result.stderr
+    before = environment_of((lmod.home / "before.env").read_text())
+    after = environment_of((lmod.home / "after.env").read_text())
+    assert without_lmod_bookkeeping(after) == without_lmod_bookkeeping(before)
+    assert after["HF_HOME"] == "/mine/hf" and after["tiny_en"] == "/mine/tiny"
+    assert "whisper" not in (lmod.home / "list.txt").read_text()  # nothing loaded
+
+
+def test_whisper_and_diarization_replace_each_other(lmod, installed_prefix):
+    result = lmod("module load whisper; module load whisper-diarization; echo \"image=$CONTAINER_IMAGE\"; "
+                  "module -t list 2> list.txt", cwd=lmod.home)
+    assert result.returncode == 0, result.stderr
+    assert f"image={installed_prefix.images / 'whisper-diarization.sif'}" in result.stdout
+    loaded = (lmod.home / "list.txt").read_text().split()
+    assert loaded[-1:] == [f"whisper-diarization/{MODULE_VERSION}"] and f"whisper/{MODULE_VERSION}" not in loaded
+
+
+def fake_model(root: Path, name: str) -> None:
+    """A directory that looks staged (for rendering only; nothing loads it)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    for file in ("model.bin", "config.json", "tokenizer.json"):
+        (folder / file).write_text("{}")
+
+
+def install_with(tmp_path: Path, models: list[str], site_text: str | None = None, model_root: Path | None = None):
+    from whisper_hpc.install import install
+
+    root = model_root or tmp_path / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        fake_model(root, name)
+    prefix = tmp_path / "prefix"
+    site = tmp_path / "site.toml"
+    write_site(site, prefix, root, native=True)
+    text = site.read_text().replace('default = "tiny.en"\n', "")  # the examples pick a model themselves
+    site.write_text(site_text + text.split("\n\n", 1)[1] if site_text else text)
+    messages = []
+    install(site, prefix, tmp_path / "no-images", venv=Path(sys.prefix), say=messages.append)
+    return prefix, root, messages
+
+
+def run_lmod(prefix: Path, snippet: str, cwd: Path) -> subprocess.CompletedProcess:
+    need(LMOD_INIT.is_file(), "Lmod is not installed; run tests/infra/install-cluster.sh")
+    env = {"PATH": SYSTEM_PATH, "HOME": str(cwd), "USER": "root", "LANG": "C.UTF-8"}
+    return subprocess.run(["bash", "-c", f"source {LMOD_INIT}; module use {prefix}/modulefiles; {snippet}"],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_model_variables_follow_what_is_staged_and_help_shows_the_peer_commands(tmp_path):
+    prefix, root, messages = install_with(tmp_path, ["medium.en", "large-v3", "tiny.en", "3b-odd"])
+    (root / "not-a-model").mkdir()
+    result = run_lmod(prefix, 'module load whisper; echo "$model_names"; echo "$medium_en|$large_v3|$tiny_en"; '
+                      "module help whisper", tmp_path)
+    assert result.returncode == 0, result.stderr
+    names, paths = result.stdout.splitlines()[:2]
+    assert names == "large_v3 medium_en tiny_en"
+    assert paths == f"{root}/medium.en|{root}/large-v3|{root}/tiny.en"
+    assert any("3b-odd" in m and "cannot be a module variable" in m for m in messages)
+    # The peer deployment's commands, as its users type them (less the ignored --local_files_only True):
+    assert "srun --mem=4G singularity_wrapper run talk.wav --model_directory $medium_en --language en\n" in result.stderr
+    assert "srun --gres=gpu:1 --mem=8G singularity_wrapper run talk.wav --model_directory $large_v3 --device cuda\n" \
+        in result.stderr
+
+
+def test_hostile_site_values_and_paths_cannot_break_or_run_anything(tmp_path):
+    hostile = 'Uni "Q" ]==] $(touch pwned) `touch pwned2` \\ end'
+    site_text = (f'[site]\nname = {json_string(hostile)}\nsupport = "help \\"desk\\" ]]"\nmodule_version = "{MODULE_VERSION}"\n\n')
+    model_root = tmp_path / 'models "x" $(touch pwned3)'
+    prefix, root, _ = install_with(tmp_path, ["tiny.en"], site_text, model_root=model_root)
+    result = run_lmod(prefix, 'module load whisper; printf "%s\\n" "$tiny_en"; module help whisper', tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{model_root}/tiny.en"
+    assert hostile.replace("]==]", "] ==]") in result.stderr and 'help "desk" ]]' in result.stderr
+    assert not [p for p in tmp_path.rglob("pwned*")]
+
+
+def json_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)
+
+
+def test_install_command_lays_out_a_prefix_and_can_run_again(tmp_path, model_root):
+    site = tmp_path / "site.toml"
+    prefix = tmp_path / "opt"
+    write_site(site, Path("/elsewhere"), model_root, native=True)
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-m", "whisper_hpc.install", "--prefix", str(prefix), "--site", str(site),
+                                 "--images", str(tmp_path / "none")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr
+    assert "image whisper.sif not built" in result.stderr
+    installed = tomllib.loads((prefix / "etc" / "site.toml").read_text())
+    assert installed["paths"]["prefix"] == str(prefix) and installed["paths"]["images"] == str(prefix / "images")
+    assert installed["wrapper"]["native_fallback"] is True
+    wrapper = prefix / "bin" / "singularity_wrapper"
+    assert os.access(wrapper, os.X_OK) and re.match(r"#!/\S+python3\S* -I\n", wrapper.read_text())
+    for name in ("whisper-batch", "whisper-hpc"):
+        assert (prefix / "bin" / name).resolve() == (Path(sys.prefix) / "bin" / name).resolve()
+    for module in ("whisper", "whisper-diarization"):
+        assert (prefix / "modulefiles" / module / f"{MODULE_VERSION}.lua").is_file()
+    for script in ("whisper-cpu.sbatch", "whisper-gpu.sbatch", "whisper-array.sbatch"):
+        path = prefix / "slurm" / script
+        assert os.access(path, os.X_OK)
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    assert (prefix / "ondemand" / "whisper" / "form.yml").is_file()
+    assert not list(prefix.rglob(".*.partial"))
+
+
+def test_the_installed_site_file_keeps_every_value(tmp_path):
+    from whisper_hpc.install import installed_site, installed_site_text
+    from whisper_hpc.site import load_site
+
+    original = tmp_path / "site.toml"
+    original.write_text('top = "level"\n[site]\nname = "Ünï \\"q\\" \\\\ \\u0001 tab\\t"\n"odd key" = [1, 2]\n'
+                        '[wrapper]\ndata_areas = ["/a b", "/c,d"]\nnative_fallback = true\n', encoding="utf-8")
+    site = installed_site(load_site(original), tmp_path / "prefix")
+    written = tomllib.loads(installed_site_text(site))
+    expected = tomllib.loads(original.read_text(encoding="utf-8"))
+    expected["paths"] = {"prefix": str(tmp_path / "prefix"), "images": str(tmp_path / "prefix" / "images"),
+                         "model_root": str(site.model_root)}
+    assert written == expected
