@@ -1,0 +1,3 @@
+from whisper_hpc.batch.cli import main
+
+raise SystemExit(main())
