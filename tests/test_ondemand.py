@@ -1,0 +1,451 @@
+"""The Open OnDemand app: rendered from the site, its ERB evaluated by real Ruby, its job run.
+
+Forms are submitted through tests/ood_render.rb, which renders the installed app as OnDemand 3
+does. Jobs run either with bash and stand-ins for `module` and `whisper-batch` (to see the exact
+argv the batch tool gets), or through the real sbatch of the test cluster (real transcripts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster_fixtures import installed_prefix, slurm_cluster  # noqa: F401  (pytest fixtures)
+from conftest import need
+from ood_app import (
+    bash_syntax_ok, install_app, python_yaml, recorded_fields, render_completed, ruby_available,
+    ruby_yaml, run_job_locally, sentinels_in, site_dict, submit_form,
+)
+from whisper_hpc import ondemand
+from whisper_hpc.languages import LANGUAGES
+from whisper_hpc.site import load_site, site_from_dict
+from whisper_hpc.writers import FORMATS
+
+pytestmark = pytest.mark.system  # Ruby, bash, the staged models; the last tests also Slurm and Lmod
+
+SUPPORT = "help@example.org"
+HOSTILE_NAME = "it's \"; rm -rf ~; \" $(touch sentinel-dollar) `touch sentinel-tick` & | > <"
+SENTINELS = ("sentinel-dollar", "sentinel-tick", "sentinel-abs")
+
+
+@pytest.fixture
+def ruby():
+    need(ruby_available(), "Ruby is missing: run `make ruby-installed` (apt-get install ruby)")
+
+
+@dataclass
+class Workspace:
+    root: Path
+    allowed: Path
+    home: Path
+    stubs: Path
+    app: Path
+    site: dict
+
+    def session(self, name: str = "session") -> Path:
+        return self.root / "sessions" / name
+
+    def canary_intact(self) -> bool:
+        return (self.home / "canary").read_text() == "still here"
+
+    def no_sentinels(self) -> list[Path]:
+        return sentinels_in(self.root, names=SENTINELS)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, model_root: Path, shared_data: Path, ruby) -> Workspace:
+    allowed = tmp_path / "allowed"
+    (allowed / "talks").mkdir(parents=True)
+    shutil.copy(shared_data / "jfk.flac", allowed / "talks" / "jfk.flac")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "canary").write_text("still here")
+    stubs = tmp_path / "stubs"
+    site = site_dict(model_root, [allowed], ondemand={"lmod_init": str(stubs / "lmod-init.sh")},
+                     site={"support": SUPPORT})
+    app = install_app(site, tmp_path / "prefix")
+    return Workspace(tmp_path, allowed, home, stubs, app, site)
+
+
+def form(audio: Path | str, **values: str) -> dict:
+    return {"audio_path": str(audio), "model": "tiny.en", "language": "en", **values}
+
+
+# ---- the app as installed ----------------------------------------------------------------------
+
+
+def test_install_lays_out_an_ondemand_app(workspace: Workspace):
+    files = sorted(str(p.relative_to(workspace.app)) for p in workspace.app.rglob("*") if p.is_file())
+    assert files == sorted(["manifest.yml", "form.yml", "submit.yml.erb", "completed.html.erb",
+                            "template/before.sh.erb", "template/script.sh.erb"])
+    assert workspace.app == workspace.root / "prefix" / "ondemand" / "whisper"
+    assert (workspace.app / "template" / "script.sh.erb").stat().st_mode & 0o111, "OnDemand forks script.sh: it must be executable"
+    for path in workspace.app.rglob("*"):
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            assert "{{" not in text and "{%" not in text and "{#" not in text, f"Jinja2 left in {path.name}"
+    before = {p: p.read_bytes() for p in workspace.app.rglob("*") if p.is_file()}
+    install_app(workspace.site, workspace.root / "prefix")
+    assert {p: p.read_bytes() for p in workspace.app.rglob("*") if p.is_file()} == before
+
+
+def test_manifest_and_form_parse_in_python_and_ruby(workspace: Workspace, model_root: Path):
+    for name in ("manifest.yml", "form.yml"):
+        assert python_yaml(workspace.app / name) == ruby_yaml(workspace.app / name)
+    manifest = python_yaml(workspace.app / "manifest.yml")
+    assert manifest["category"] == "Audio" and manifest["role"] == "batch_connect"
+    assert SUPPORT in manifest["description"]
+
+    form_config = python_yaml(workspace.app / "form.yml")
+    fields = form_config["form"]
+    for wanted in ("audio_path", "model", "language", "task", "word_timestamps", "diarize", "num_speakers",
+                   "use_gpu", "email_when_done", "hours", "auto_accounts", "auto_queues"):
+        assert wanted in fields
+    assert [f"format_{f}" for f in FORMATS] == [f for f in fields if f.startswith("format_")]
+    attributes = form_config["attributes"]
+    assert set(fields) <= set(attributes) | {"auto_accounts", "auto_queues"}
+    assert attributes["audio_path"]["widget"] == "path_selector"
+    assert attributes["audio_path"]["favorites"] == [str(workspace.allowed)]
+    staged = sorted(p.parent.name for p in model_root.glob("*/manifest.json"))
+    assert [value for _label, value in attributes["model"]["options"]] == staged
+    assert attributes["model"]["value"] == "tiny.en"
+    languages = [value for _label, value in attributes["language"]["options"]]
+    assert languages[0] == "auto" and sorted(languages[1:]) == sorted(LANGUAGES)
+    assert [value for _label, value in attributes["task"]["options"]] == ["transcribe", "translate"]
+    assert attributes["hours"]["max"] == 2
+    assert form_config["cluster"] == "*"
+
+
+def test_older_ondemand_and_fixed_slurm_settings_change_the_form(tmp_path: Path, model_root: Path, ruby):
+    site = site_dict(model_root, [tmp_path], ondemand={"ood_version": "2.0", "cluster": "owens"},
+                     slurm={"partition": "short", "account": "lab42"})
+    form_config = ruby_yaml(install_app(site, tmp_path / "prefix") / "form.yml")
+    attributes = form_config["attributes"]
+    assert attributes["audio_path"]["widget"] == "text_field", "path_selector needs OnDemand 3.1"
+    assert attributes["bc_queue"] == "short" and attributes["bc_account"] == "lab42", "fixed by the site"
+    assert "auto_queues" not in form_config["form"] and form_config["cluster"] == "owens"
+
+
+@pytest.mark.parametrize("section, key, value, complaint", [
+    ("ondemand", "allowed_roots", ["relative/dir"], "absolute path"),
+    ("ondemand", "allowed_roots", ["/"], "must not contain /"),
+    ("ondemand", "allowed_roots", [], "allowed_roots is empty"),
+    ("slurm", "partition", "short; rm -rf /", "partition"),
+    ("slurm", "gpu_gres", "gpu:1 --uid=0", "gpu_gres"),
+    ("slurm", "max_time", "soon", "max_time"),
+    ("ondemand", "cluster", "a b", "cluster"),
+    ("ondemand", "cpus_per_task", "4", "cpus_per_task"),
+    ("site", "module_version", "1.0 $(id)", "module_version"),
+])
+def test_unsafe_site_settings_are_refused_at_install(tmp_path: Path, model_root: Path, section, key, value, complaint):
+    site = site_dict(model_root, [tmp_path], **{section: {key: value}})
+    with pytest.raises(ondemand.OnDemandError, match=re.escape(complaint)):
+        install_app(site, tmp_path / "prefix")
+    assert not (tmp_path / "prefix").exists()
+
+
+def test_no_staged_models_is_refused_at_install(tmp_path: Path):
+    site = site_dict(tmp_path / "no-models", [tmp_path])
+    with pytest.raises(ondemand.OnDemandError, match="no staged models"):
+        install_app(site, tmp_path / "prefix")
+
+
+def test_site_text_cannot_break_out_of_the_erb(tmp_path: Path, model_root: Path, shared_data: Path, ruby):
+    """A support address with ERB and shell syntax in it stays text in every rendered file."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    shutil.copy(shared_data / "jfk.flac", allowed / "jfk.flac")
+    sentinel = tmp_path / "sentinel-abs"
+    support = f'Ask "us" %> <%= `touch {sentinel}` %> $(touch {sentinel}) 100%'
+    site = site_dict(model_root, [allowed], site={"support": support},
+                     ondemand={"lmod_init": str(tmp_path / "stubs" / "lmod-init.sh")})
+    app = install_app(site, tmp_path / "prefix")
+    submission = submit_form(app, tmp_path / "session", form(allowed / "jfk.flac"), tmp_path)
+    job = submission.job
+    for name in ("before.sh", "script.sh"):
+        assert bash_syntax_ok(submission.session / name).returncode == 0
+    result = run_job_locally(job, tmp_path, tmp_path / "stubs", tmp_path / "record")
+    assert not sentinel.exists()
+    assert support in python_yaml(app / "manifest.yml")["description"]
+    assert result.returncode == 0, result.stderr
+
+
+# ---- one submission: Ruby ERB, the job script, the batch tool's argv ------------------------------
+
+
+@pytest.mark.parametrize("choices", [
+    {},
+    {"model": "base", "language": "auto", "task": "translate", "word_timestamps": "1"},
+    {"use_gpu": "1", "format_vtt": "0", "format_tsv": "0"},
+    {"diarize": "1", "num_speakers": "2", "email_when_done": "1", "hours": "1"},
+], ids=["defaults", "translate", "gpu", "diarize"])
+def test_normal_forms_render_with_ruby_and_pass_bash_n(workspace: Workspace, choices: dict):
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", **choices), workspace.home)
+    job = submission.job
+    for name in ("before.sh", "script.sh", "job_script_content.sh"):
+        checked = bash_syntax_ok(submission.session / name)
+        assert checked.returncode == 0, f"{name}: {checked.stderr}"
+    assert not list(submission.session.glob("*.erb")), "every template was rendered"
+    native = submission.native
+    assert "--cpus-per-task=2" in native
+    assert any(re.fullmatch(r"--mem=\d+M", a) for a in native) and any(re.fullmatch(r"--time=\d+:\d\d:\d\d", a) for a in native)
+    assert ("--gres=gpu:1" in native) == (choices.get("use_gpu") == "1"), "a GPU only when asked for"
+    assert ("-t" in job["args"]) is False, "the time comes from the app, not bc_num_hours"
+    assert ("--mail-type" in job["args"]) == (choices.get("email_when_done") == "1")
+    if choices.get("hours"):
+        assert "--time=1:00:00" in native
+
+    result = run_job_locally(job, workspace.home, workspace.stubs, workspace.root / "record")
+    assert result.returncode == 0, result.stderr
+    argv = recorded_fields(workspace.root / "record" / "whisper-batch.argv")
+    assert argv[:2] == ["run", str((workspace.allowed / "talks").resolve())]
+    assert argv[argv.index("--output_dir") + 1] == str(submission.session / "transcripts")
+    assert argv[argv.index("--model") + 1] == choices.get("model", "tiny.en")
+    assert ("--device" in argv) == (choices.get("use_gpu") == "1")
+    assert ("--language" in argv) == (choices.get("language", "en") != "auto")
+    expected_formats = [f for f in FORMATS if choices.get(f"format_{f}", "1") == "1"]
+    assert argv[argv.index("--output_format") + 1] == ",".join(expected_formats)
+
+
+def test_diarization_form_loads_the_diarization_module_with_its_flags(workspace: Workspace):
+    submission = submit_form(workspace.app, workspace.session(),
+                             form(workspace.allowed / "talks", diarize="1", num_speakers="3"), workspace.home)
+    result = run_job_locally(submission.job, workspace.home, workspace.stubs, workspace.root / "record")
+    assert result.returncode == 0, result.stderr
+    modules = (workspace.root / "record" / "module.args").read_text().split("\n")
+    assert "load\0whisper-diarization/0.1.0\0" in modules
+    argv = recorded_fields(workspace.root / "record" / "whisper-batch.argv")
+    assert argv[argv.index("--diarize") + 1:argv.index("--diarize") + 3] == ["--num_speakers", "3"]
+
+    plain = submit_form(workspace.app, workspace.session("plain"), form(workspace.allowed / "talks"), workspace.home)
+    run_job_locally(plain.job, workspace.home, workspace.stubs, workspace.root / "record-plain")
+    assert "load\0whisper/0.1.0\0" in (workspace.root / "record-plain" / "module.args").read_text().split("\n")
+    assert "--diarize" not in recorded_fields(workspace.root / "record-plain" / "whisper-batch.argv")
+
+
+def test_hostile_file_and_folder_names_reach_the_batch_tool_as_literal_data(workspace: Workspace, shared_data: Path):
+    folder = workspace.allowed / HOSTILE_NAME
+    folder.mkdir()
+    shutil.copy(shared_data / "jfk.flac", folder / f"{HOSTILE_NAME}.flac")
+    shutil.copy(shared_data / "jfk.flac", folder / "Interview Müller – ✓.flac")
+    for target in (folder, folder / f"{HOSTILE_NAME}.flac", folder / "Interview Müller – ✓.flac"):
+        label = f"file{len(target.name)}" if target.suffix else "dir"
+        submission = submit_form(workspace.app, workspace.session(label), form(target), workspace.home)
+        for name in ("before.sh", "script.sh", "job_script_content.sh"):
+            assert bash_syntax_ok(submission.session / name).returncode == 0
+        record = workspace.root / f"record-{label}"
+        result = run_job_locally(submission.job, workspace.home, workspace.stubs, record)
+        assert result.returncode == 0, result.stderr
+        assert recorded_fields(record / "whisper-batch.argv")[1] == str(target), "the name arrived as one literal argument"
+        assert str(target) in result.stdout, "before.sh names what it transcribes"
+    assert workspace.no_sentinels() == [] and workspace.canary_intact()
+
+
+INJECTIONS = [
+    '"; rm -rf ~; "',
+    "$(touch {sentinel})",
+    "`touch {sentinel}`",
+    "en\ntouch {sentinel}",
+    "en'; touch {sentinel}; '",
+]
+
+
+@pytest.mark.parametrize("field", ["language", "model", "task", "format_txt", "num_speakers", "hours",
+                                   "diarize", "use_gpu", "auto_queues", "auto_accounts"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_hostile_form_values_are_refused_before_anything_runs(workspace: Workspace, field: str, injection: str):
+    sentinel = workspace.root / "sentinel-abs"
+    value = injection.format(sentinel=sentinel)
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", **{field: value}), workspace.home)
+    assert submission.refused, submission.stdout
+    assert submission.stderr.startswith("Whisper transcription: "), submission.stderr
+    assert len(submission.stderr.strip().splitlines()) == 1, "one line, naming the field"
+    assert not (submission.session / "job_script_content.sh").exists()
+    assert not sentinel.exists() and workspace.canary_intact()
+
+
+@pytest.mark.parametrize("make_path, complaint", [
+    (lambda w: w.allowed / "talks\n$(touch sentinel-dollar)", "line break"),
+    (lambda w: str(w.allowed / "talks") + "\n/etc", "line break"),
+    (lambda w: str(w.allowed / "talks") + "\u2028x", "line break"),
+    (lambda w: w.allowed / '"; rm -rf ~; "', "cannot be opened"),
+    (lambda w: w.allowed / "$(touch sentinel-dollar)", "cannot be opened"),
+    (lambda w: "/etc/passwd", "outside the folders"),
+    (lambda w: str(w.allowed) + "/.." * len(w.allowed.parts) + "/etc", "outside the folders"),
+    (lambda w: w.root / "outside.flac", "outside the folders"),
+    (lambda w: w.allowed / "escape", "outside the folders"),
+    (lambda w: w.allowed / "escape" / "jfk.flac", "outside the folders"),
+    (lambda w: "talks/jfk.flac", "full path"),
+    (lambda w: "", "choose an audio file"),
+    (lambda w: w.allowed / "empty", "no audio or video files"),
+], ids=["newline-dollar", "newline-path", "unicode-line-separator", "quotes-missing", "dollar-missing", "etc", "dotdot", "outside",
+        "symlink-dir", "symlink-file", "relative", "empty", "no-audio"])
+def test_paths_outside_the_allowed_folders_are_refused(workspace: Workspace, shared_data: Path, make_path, complaint):
+    outside = workspace.root / "outside"
+    outside.mkdir()
+    shutil.copy(shared_data / "jfk.flac", outside / "jfk.flac")
+    shutil.copy(shared_data / "jfk.flac", workspace.root / "outside.flac")
+    (workspace.allowed / "escape").symlink_to(outside)
+    (workspace.allowed / "empty").mkdir()
+    (workspace.allowed / "empty" / "notes.txt").write_text("not audio")
+    submission = submit_form(workspace.app, workspace.session(), form(make_path(workspace)), workspace.home)
+    assert submission.refused, submission.stdout
+    assert complaint in submission.stderr and submission.stderr.startswith("Whisper transcription: ")
+    assert not (submission.session / "job_script_content.sh").exists()
+    assert workspace.no_sentinels() == [] and workspace.canary_intact()
+
+
+def test_home_relative_path_is_expanded_and_checked(workspace: Workspace):
+    (workspace.home / "rec").symlink_to(workspace.allowed / "talks")
+    submission = submit_form(workspace.app, workspace.session(), form("~/rec"), workspace.home)
+    assert submission.returncode == 0, submission.stderr
+
+
+def test_the_job_stops_when_the_audio_moved_outside_after_submission(workspace: Workspace, shared_data: Path):
+    """before.sh checks again on the compute node: a folder swapped for a symlink is refused there."""
+    outside = workspace.root / "outside"
+    outside.mkdir()
+    shutil.copy(shared_data / "jfk.flac", outside / "jfk.flac")
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks"), workspace.home)
+    job = submission.job
+    shutil.rmtree(workspace.allowed / "talks")
+    (workspace.allowed / "talks").symlink_to(outside)
+    result = run_job_locally(job, workspace.home, workspace.stubs, workspace.root / "record")
+    assert result.returncode == 2
+    assert "outside the folders this app may read" in result.stderr and SUPPORT in result.stderr
+    assert not (workspace.root / "record" / "whisper-batch.argv").exists(), "the batch tool never started"
+
+
+# ---- sizing ----------------------------------------------------------------------------------------
+
+
+def option(native: list[str], name: str) -> str:
+    return next(a.split("=", 1)[1] for a in native if a.startswith(f"--{name}="))
+
+
+def seconds(clock: str) -> int:
+    hours, minutes, secs = (int(p) for p in clock.split(":"))
+    return hours * 3600 + minutes * 60 + secs
+
+
+def test_memory_and_time_follow_the_model_and_the_audio(workspace: Workspace):
+    long_folder = workspace.allowed / "long"
+    long_folder.mkdir()
+    with open(long_folder / "lecture.wav", "wb") as sparse:  # 40 MB: about 80 min at the assumed bitrate
+        sparse.truncate(40_000_000)
+    huge_folder = workspace.allowed / "huge"
+    huge_folder.mkdir()
+    with open(huge_folder / "archive.mp3", "wb") as sparse:
+        sparse.truncate(4_000_000_000)
+
+    def native(**choices) -> list[str]:
+        return submit_form(workspace.app, workspace.session(), {**form(workspace.allowed / "talks"), **choices}, workspace.home).native
+
+    short, long_ = native(), native(audio_path=str(long_folder))
+    assert seconds(option(long_, "time")) > seconds(option(short, "time"))
+    assert seconds(option(native(audio_path=str(huge_folder)), "time")) == 2 * 3600, "capped at the site's max_time"
+    assert option(native(audio_path=str(huge_folder), hours="1"), "time") == "1:00:00", "the user's limit wins"
+    tiny, base = int(option(short, "mem")[:-1]), int(option(native(model="base"), "mem")[:-1])
+    assert base >= tiny
+    assert int(option(native(diarize="1"), "mem")[:-1]) > tiny
+    gpu_time = seconds(option(native(audio_path=str(long_folder), use_gpu="1"), "time"))
+    assert gpu_time < seconds(option(long_, "time"))
+    english_only = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", task="translate"), workspace.home)
+    assert english_only.refused and "English only" in english_only.stderr
+
+
+def test_sizes_come_from_the_batch_tools_table(tmp_path: Path, model_root: Path):
+    from whisper_hpc.batch import plan
+
+    site = site_from_dict(site_dict(model_root, [tmp_path]))
+    models = [{"name": "tiny.en", "path": str(model_root / "tiny.en"), "english_only": True}]
+    needs = ondemand.job_policy(site, models, tmp_path)["needs"]["tiny.en"]
+    workload = plan.Workload(parameters_m=plan.model_parameters_m("tiny.en")[0], threads=2)
+    assert needs["cpu"]["memory_mb"] == workload.memory_mb()
+    assert needs["cpu"]["rtf"] == pytest.approx(workload.rtf_bound(), rel=1e-3)
+
+
+# ---- the completed view --------------------------------------------------------------------------
+
+
+def test_completed_view_lists_the_transcripts_escaped(workspace: Workspace):
+    session = workspace.session()
+    (session / "transcripts" / "sub").mkdir(parents=True)
+    (session / "transcripts" / "jfk.txt").write_text("And so my fellow Americans")
+    (session / "transcripts" / "sub" / "<i>x<i> & 'y'.srt").write_text("1")
+    html = render_completed(workspace.app, session, workspace.home)
+    assert "2 file(s)" in html
+    assert ">jfk.txt</a>" in html and "(26 bytes)" in html
+    assert "sub/&lt;i&gt;x&lt;i&gt; &amp; &#39;y&#39;.srt" in html and "<i>x" not in html
+    assert "/pun/sys/dashboard/files/fs/" in html and "/sub/%3Ci%3Ex%3Ci%3E%20%26%20%27y%27.srt" in html
+
+    empty = render_completed(workspace.app, workspace.session("failed"), workspace.home)
+    assert "No transcripts were written" in empty and "output.log" in empty
+
+
+# ---- through the real cluster ------------------------------------------------------------------
+
+
+def test_the_installed_app_is_rendered_from_the_installed_site(installed_prefix, ruby):
+    app = installed_prefix.prefix / "ondemand" / "whisper"
+    assert (app / "template" / "script.sh.erb").is_file(), installed_prefix.messages
+    attributes = ruby_yaml(app / "form.yml")["attributes"]
+    assert attributes["audio_path"]["favorites"] == ["/home", "/scratch"]
+    assert attributes["hours"]["max"] == 1, "the site's max_time, 01:00:00"
+    for module in ondemand.MODULES.values():
+        assert (installed_prefix.prefix / "modulefiles" / module / "0.1.0.lua").is_file(), f"the job loads {module}/0.1.0"
+
+
+def test_forms_submitted_with_real_sbatch_write_real_transcripts(
+        tmp_path: Path, shared_data: Path, installed_prefix, slurm_cluster, ruby):
+    """The app rendered for the installed site, its job sent with the cluster's sbatch: real
+    transcripts for normal and hostile names, and nothing executed from any name."""
+    allowed = tmp_path / "allowed"
+    hostile_folder = allowed / "talks" / HOSTILE_NAME
+    hostile_folder.mkdir(parents=True)
+    shutil.copy(shared_data / "jfk.flac", allowed / "talks" / "jfk.flac")
+    shutil.copy(shared_data / "jfk.flac", hostile_folder / f"{HOSTILE_NAME}.flac")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "canary").write_text("still here")
+    site = load_site(installed_prefix.site_file)
+    site = dataclasses.replace(site, allowed_roots=(str(allowed),),
+                               raw={**site.raw, "ondemand": {"allowed_roots": [str(allowed)], "cpus_per_task": 2}})
+    app = ondemand.install(site, installed_prefix.prefix, target=tmp_path / "app")
+
+    good = submit_form(app, tmp_path / "sessions" / "good", form(allowed / "talks", email_when_done="1"), home)
+    moved = submit_form(app, tmp_path / "sessions" / "moved", form(allowed / "talks" / "jfk.flac"), home)
+    refused = submit_form(app, tmp_path / "sessions" / "refused", form(allowed / "talks", language='"; rm -rf ~; "'), home)
+    assert refused.refused and not (refused.session / "job_script_content.sh").exists()
+    # between submission and the job start, the file is swapped for a link to outside the allowed folders
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(shared_data / "jfk.flac", outside / "jfk.flac")
+    moved_job = moved.job
+
+    job_id = slurm_cluster.sbatch(good.job["script"], options=good.job["args"], env={"HOME": str(home)})
+    assert slurm_cluster.wait(job_id, timeout=900) == "COMPLETED", (good.session / "output.log").read_text()
+    transcripts = good.session / "transcripts"
+    assert "country" in (transcripts / "jfk.txt").read_text(encoding="utf-8").lower()
+    hostile_txt = transcripts / HOSTILE_NAME / f"{HOSTILE_NAME}.txt"
+    assert "country" in hostile_txt.read_text(encoding="utf-8").lower(), "the hostile name is just a name"
+    for fmt in FORMATS:
+        assert (transcripts / f"jfk.{fmt}").stat().st_size > 0
+    html = render_completed(app, good.session, home)
+    assert "10 file(s)" in html and ">jfk.srt</a>" in html
+
+    (allowed / "talks" / "jfk.flac").unlink()
+    (allowed / "talks" / "jfk.flac").symlink_to(outside / "jfk.flac")
+    moved_id = slurm_cluster.sbatch(moved_job["script"], options=moved_job["args"], env={"HOME": str(home)})
+    assert slurm_cluster.wait(moved_id, timeout=300) == "FAILED"
+    log = (moved.session / "output.log").read_text(encoding="utf-8")
+    assert "outside the folders this app may read" in log and "Script starting" not in log
+    assert not (moved.session / "transcripts" / "jfk.txt").exists()
+
+    assert sentinels_in(tmp_path, home, names=SENTINELS) == []
+    assert (home / "canary").read_text() == "still here"
