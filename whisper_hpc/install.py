@@ -27,6 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from whisper_hpc.batch import plan
 from whisper_hpc.model_store import list_staged, variable_name
 from whisper_hpc.render import TEMPLATE_ROOT, render, site_context
 from whisper_hpc.site import Site, SiteError, load_site
@@ -46,13 +47,10 @@ RESERVED_NAMES = {
     "model_names", "CONTAINER_IMAGE", "CONTAINER_FLAGS", "WHISPER_MODELS", "WHISPER_HPC_SITE",
 }
 
-# Peak resident memory of `whisper-hpc` on a 30 s recording (sample.wav), 2 threads, measured on
-# this project's 2-core test machine with /usr/bin/time -v: (model, parameters in millions,
-# faster-whisper int8 MiB, openai-whisper fp32 MiB).
-MEASURED_MEMORY = {"tiny": (39, 263, 667), "base": (74, 345, 946)}
-# Other Whisper sizes: parameter counts from the Whisper paper / model cards; their memory is
-# extrapolated linearly in parameters from the two measurements above.
-PARAMETERS = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large": 1550, "turbo": 809}
+# The sizes the module help advises on; memory comes from the batch planner's one table
+# (whisper_hpc.batch.plan), measured for tiny and base and extrapolated for the rest.
+MODEL_SIZES = ("tiny", "base", "small", "medium", "large", "turbo")
+MEASURED_SIZES = ("tiny", "base")
 REQUEST_STEPS_GB = (2, 4, 8, 16, 32, 64)
 DEFAULT_JOB_SECONDS = 4 * 3600
 DEFAULT_JOB_CPUS = 4
@@ -74,19 +72,15 @@ def model_size(name: str) -> str | None:
     if lowered.startswith("distil"):
         return None
     head = re.split(r"[._-]", lowered)[0]
-    return head if head in PARAMETERS else None
+    return head if head in MODEL_SIZES else None
 
 
 def estimated_mib(size: str) -> tuple[int, int, bool]:
     """(faster-whisper MiB, openai-whisper MiB, measured?) for a model size."""
-    if size in MEASURED_MEMORY:
-        _, fast, openai = MEASURED_MEMORY[size]
-        return fast, openai, True
-    (p0, f0, o0), (p1, f1, o1) = MEASURED_MEMORY["tiny"], MEASURED_MEMORY["base"]
-    params = PARAMETERS[size]
-    fast = f0 + (f1 - f0) / (p1 - p0) * (params - p0)
-    openai = o0 + (o1 - o0) / (p1 - p0) * (params - p0)
-    return round(fast), round(openai), False
+    parameters = plan.MODEL_PARAMETERS_M[size]
+    fast = plan.Workload(parameters).peak_mb()
+    openai = plan.Workload(parameters, backend="openai-whisper").peak_mb()
+    return round(fast), round(openai), size in MEASURED_SIZES
 
 
 def memory_request(mib: float) -> str:
@@ -100,7 +94,8 @@ def memory_request(mib: float) -> str:
 
 def memory_table() -> list[dict]:
     rows = []
-    for size, params in PARAMETERS.items():
+    for size in MODEL_SIZES:
+        params = plan.MODEL_PARAMETERS_M[size]
         fast, openai, measured = estimated_mib(size)
         rows.append({
             "size": size, "parameters": f"{params} M", "faster_whisper": f"{fast / 1024:.1f} GB",
@@ -172,7 +167,7 @@ def pick_examples(models: list[dict], default: str | None) -> tuple[dict | None,
     for CPU, the largest staged model for GPU."""
     if not models:
         return None, None
-    order = list(PARAMETERS)
+    order = list(MODEL_SIZES)
     rank = lambda m: order.index(model_size(m["name"])) if model_size(m["name"]) else -1  # noqa: E731
     ranked = sorted(models, key=lambda m: (rank(m), m["name"]))
     by_name = {m["name"]: m for m in models}

@@ -97,7 +97,7 @@ def time_rules() -> dict:
         "per_file_seconds": plan.PER_FILE_SECONDS,
         "floor_seconds": plan.TIME_FLOOR_SECONDS,
         "margin_seconds": plan.TASK_MARGIN_SECONDS,
-        "margin_fraction": getattr(plan, "TASK_MARGIN_FRACTION", 0.25),  # a literal in time_limit_seconds
+        "margin_fraction": plan.TASK_MARGIN_FRACTION,
     }
 
 

@@ -98,11 +98,14 @@ class Workload:
             return "int8"
         return "float16" if self.gpu else "int8"
 
+    def peak_mb(self) -> float:
+        """Expected peak host memory (no safety factor): measured for tiny and base, else extrapolated."""
+        intercept, slope = MEMORY_FIT_MB.get((self.backend, self.precision), MEMORY_FIT_MB[("openai-whisper", "float32")])
+        return intercept + slope * self.parameters_m + (DIARIZATION_MEMORY_MB if self.diarize else 0)
+
     def memory_mb(self) -> int:
         """Host memory to request, rounded up; includes the safety factor."""
-        intercept, slope = MEMORY_FIT_MB.get((self.backend, self.precision), MEMORY_FIT_MB[("openai-whisper", "float32")])
-        peak = intercept + slope * self.parameters_m + (DIARIZATION_MEMORY_MB if self.diarize else 0)
-        wanted = max(MEMORY_FLOOR_MB, peak * MEMORY_SAFETY)
+        wanted = max(MEMORY_FLOOR_MB, self.peak_mb() * MEMORY_SAFETY)
         return int(math.ceil(wanted / MEMORY_STEP_MB) * MEMORY_STEP_MB)
 
     def rtf_bound(self) -> float:
