@@ -22,15 +22,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 say() { echo "install-apptainer: $*" >&2; }
 
-if [ "$(id -u)" -ne 0 ]; then
-  say "run as root (it installs system packages and writes $PREFIX)"
-  exit 1
-fi
-
 existing=$(command -v apptainer || true)
 if [ -n "$existing" ] && [ "$(readlink -f "$existing")" != "$PREFIX/usr/bin/apptainer" ] && apptainer version >/dev/null 2>&1; then
   say "using the Apptainer already installed at $existing ($(apptainer version))"
   exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  if [ -n "$existing" ] && apptainer version >/dev/null 2>&1; then
+    say "ready: $(apptainer version) at $existing (installed and configured by root)"
+    exit 0
+  fi
+  say "run as root once: it installs system packages, writes $PREFIX and configures the host"
+  exit 1
 fi
 
 bash "$here/../../scripts/system-deps.sh" "${HOST_PACKAGES[@]}"
