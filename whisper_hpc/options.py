@@ -10,7 +10,7 @@ import difflib
 import sys
 from typing import Sequence
 
-from whisper_hpc.writers import FORMATS
+from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
 
 TRUE_WORDS = ("true", "yes", "y", "on", "1")
 FALSE_WORDS = ("false", "no", "n", "off", "0")
@@ -27,6 +27,7 @@ examples:
   whisper-hpc --file_list todo.txt --model_directory $small_en --local_files_only True
   whisper-hpc interview.wav --backend openai-whisper --word_timestamps True
   whisper-hpc call.wav --split_channels True        # one transcript per stereo channel
+  whisper-hpc meeting.wav --diarize --max_speakers 4 # who spoke when (module whisper-diarization)
   whisper-hpc doctor                                # devices, threads, staged models, offline check
 
 Models are read from $WHISPER_MODELS (or the site configuration); nothing is ever downloaded.
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     inputs.add_argument("--output_dir", "-o", default=".", help="where transcripts go (default: .)")
     inputs.add_argument(
         "--output_format", "-f", default="all",
-        help=f"one of {', '.join(FORMATS)}, all, or a comma-separated list (default: all)",
+        help=f"one of {', '.join(FORMATS + SPEAKER_FORMATS)}, all, or a comma-separated list "
+             "(default: all; rttm only with speakers)",
     )
     inputs.add_argument("--skip_existing", type=str2bool, default=True, metavar="BOOL",
                         help="skip files whose transcripts all exist (default: True)")
@@ -107,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="faster-whisper batched inference with this batch size (default: off)")
     model.add_argument("--vad_filter", type=str2bool, default=False, metavar="BOOL",
                        help="faster-whisper: skip silence with the Silero VAD")
+
+    speakers = parser.add_argument_group("speakers (whisper-diarization)")
+    speakers.add_argument("--diarize", type=str2bool, default=False, metavar="BOOL",
+                          help="label each word and segment with its speaker (pyannote.audio), and write .rttm")
+    speakers.add_argument("--num_speakers", type=int, default=None, metavar="N", help="the number of speakers, if known")
+    speakers.add_argument("--min_speakers", type=int, default=None, metavar="N", help="at least N speakers")
+    speakers.add_argument("--max_speakers", type=int, default=None, metavar="N", help="at most N speakers")
+    speakers.add_argument("--diarization_model", metavar="DIR",
+                          help="a pyannote pipeline directory or a name under MODEL_ROOT/diarization "
+                               "(default: community-1, else the only staged pipeline)")
+    speakers.add_argument("--diarization_rttm", metavar="FILE",
+                          help="merge this diarization (an RTTM file, or a directory of <name>.rttm) "
+                               "instead of running the pipeline")
 
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--language", default=None, help="language code or name (default: detect)")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from whisper_hpc import audio
+from whisper_hpc.diarization.merge import assign_speakers, number_in_transcript_order, within
 from whisper_hpc.engines import DecodeOptions, Engine
 from whisper_hpc.inputs import Job
 from whisper_hpc.progress import Progress
@@ -60,8 +61,12 @@ def run_jobs(
     load: Callable[[], Engine],
     options: DecodeOptions,
     errors=None,
+    speakers=None,
 ) -> Summary:
-    """Run every job; `load` is called once, and only if at least one file needs transcribing."""
+    """Run every job; `load` is called once, and only if at least one file needs transcribing.
+
+    With `speakers` (a diarization.source.SpeakerSource), every transcript gets speakers.
+    """
     errors = errors or sys.stderr
     summary = Summary()
     pending = []
@@ -81,13 +86,14 @@ def run_jobs(
             info = audio.probe(job.source)
             if engine is None:
                 engine = load()
+            file_speakers = speakers.begin(job.source) if speakers is not None else None
             channels: list[int | None] = [None]
             if settings.split_channels and info.channels > 1:
                 channels = list(range(info.channels))
             duration = 0.0
             for channel in channels:
                 label = None if channel is None else channel_names(info.channels)[channel]
-                transcript = transcribe_file(engine, info, channel, label, options, settings, progress)
+                transcript = transcribe_file(engine, info, channel, label, options, settings, progress, file_speakers)
                 write_transcript(transcript, job.channel_base(label), settings.formats)
                 duration = transcript.duration
             summary.done += 1
@@ -107,8 +113,12 @@ def transcribe_file(
     options: DecodeOptions,
     settings: RunSettings,
     progress: Progress,
+    speakers=None,
 ) -> Transcript:
-    """Transcribe one file (or one channel of it) window by window, on the file's time line."""
+    """Transcribe one file (or one channel of it) window by window, on the file's time line.
+
+    Each window is decoded once and handed to the engine and, when diarizing, to `speakers`.
+    """
     started = time.monotonic()
     segments: list[Segment] = []
     language = probability = None
@@ -117,6 +127,8 @@ def transcribe_file(
     name = info.path.name if label is None else f"{info.path.name} ({label})"
     for window in audio.stream_windows(info, channel, settings.window_seconds, strict=settings.strict_audio):
         result = engine.transcribe(window.samples, window_options)
+        if speakers is not None:
+            speakers.add(window.offset, window.samples)
         if language is None:
             language, probability = result.language, result.language_probability
             # Later windows keep the language found at the start, as one pass over the file would.
@@ -131,12 +143,20 @@ def transcribe_file(
         if options.condition_on_previous_text and segments:
             carried = " ".join(s.text.strip() for s in segments[-10:])[-PROMPT_CARRY_CHARACTERS:]
             window_options = replace(window_options, initial_prompt=carried)
+    segments = [clip(s, decoded) for s in segments]
+    turns = diarization = None
+    if speakers is not None:
+        turns, diarization = speakers.finish()
+        turns = within(turns, decoded)
+        segments = assign_speakers(segments, turns)
+        if diarization.get("source") == "pipeline":  # its labels are arbitrary: number them as heard
+            segments, turns = number_in_transcript_order(segments, turns)
     return Transcript(
         source=str(info.path),
         language=language,
         language_probability=probability,
         duration=round(decoded, 3),
-        segments=[clip(s, decoded) for s in segments],
+        segments=segments,
         model=settings.model_name,
         engine=engine.name,
         versions=engine.versions(),
@@ -145,6 +165,8 @@ def transcribe_file(
         channel=label,
         wall_time=round(time.monotonic() - started, 3),
         options=options_record(options),
+        speaker_turns=turns,
+        diarization=diarization,
     )
 
 

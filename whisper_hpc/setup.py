@@ -10,20 +10,24 @@ from typing import Callable
 
 from whisper_hpc import runtime
 from whisper_hpc.options import UsageError
-from whisper_hpc.writers import FORMATS
+from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
 
 
 def notice(message: str) -> None:
     print(f"whisper-hpc: {message}", file=sys.stderr, flush=True)
 
 
-def output_formats(value: str) -> tuple[str, ...]:
+def output_formats(value: str, speakers: bool = False) -> tuple[str, ...]:
+    """The formats to write; `all` includes rttm when the run has speakers."""
     requested = [v.strip().lower() for v in value.split(",") if v.strip()]
+    available = FORMATS + SPEAKER_FORMATS if speakers else FORMATS
     if "all" in requested:
-        return FORMATS
-    unknown = [v for v in requested if v not in FORMATS]
+        return available
+    if not speakers and any(v in SPEAKER_FORMATS for v in requested):
+        raise UsageError(f"--output_format {value}: rttm is the diarization; add --diarize (or --diarization_rttm FILE)")
+    unknown = [v for v in requested if v not in available]
     if unknown or not requested:
-        raise UsageError(f"--output_format {value}: choose from {', '.join(FORMATS)} or all")
+        raise UsageError(f"--output_format {value}: choose from {', '.join(available)} or all")
     return tuple(dict.fromkeys(requested))
 
 
@@ -69,7 +73,14 @@ def build_run(arguments) -> Callable[[], object] | None:
     from whisper_hpc.runner import RunSettings, run_jobs
     from whisper_hpc.site import SiteError, load_site, model_root
 
-    formats = output_formats(arguments.output_format)
+    diarizing = bool(arguments.diarize or arguments.diarization_rttm)
+    if arguments.diarize:
+        # pyannote's many small PyTorch operations: with OpenMP's default spin-waiting, a node
+        # shared with other jobs ran them 10x slower (measured, docs/diarization.rst).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not diarizing and any(v is not None for v in (arguments.num_speakers, arguments.min_speakers, arguments.max_speakers)):
+        raise UsageError("--num_speakers, --min_speakers and --max_speakers need --diarize")
+    formats = output_formats(arguments.output_format, diarizing)
     names = list(arguments.audio)
     if arguments.file_list:
         try:
@@ -135,7 +146,7 @@ def build_run(arguments) -> Callable[[], object] | None:
         no_speech_threshold=arguments.no_speech_threshold,
         condition_on_previous_text=arguments.condition_on_previous_text,
         initial_prompt=arguments.initial_prompt,
-        word_timestamps=arguments.word_timestamps,
+        word_timestamps=arguments.word_timestamps or diarizing,  # speakers are assigned word by word
         suppress_tokens=arguments.suppress_tokens,
         vad_filter=arguments.vad_filter and backend == "faster-whisper",
         batch_size=arguments.batch_size if backend == "faster-whisper" else 0,
@@ -150,6 +161,7 @@ def build_run(arguments) -> Callable[[], object] | None:
         model_name=staged.name,
     )
     loaded = LoadedModel(staged, device, compute_type, threads, device_index)
+    speakers = speaker_source(arguments, root, len(jobs), device, device_index, threads) if diarizing else None
 
     def load():
         try:
@@ -159,4 +171,49 @@ def build_run(arguments) -> Callable[[], object] | None:
         notice(f"{engine.name} {staged.name} on {engine.device} ({engine.compute_type}, {threads} threads)")
         return engine
 
-    return lambda: run_jobs(jobs, settings, load, options)
+    return lambda: run_jobs(jobs, settings, load, options, speakers=speakers)
+
+
+def speaker_source(arguments, root: Path, job_count: int, device: str, device_index: int, threads: int):
+    """Where speakers come from: a ready-made RTTM, or the pyannote pipeline (checked now, loaded later)."""
+    from whisper_hpc.diarization import DiarizationError, require_pyannote
+    from whisper_hpc.diarization.pipeline import SpeakerCounts
+    from whisper_hpc.diarization.source import PipelineSpeakers, RttmSpeakers
+    from whisper_hpc.diarization.staged import check_pipeline, resolve_pipeline
+
+    if arguments.split_channels:
+        raise UsageError("--split_channels already gives each channel its own transcript; "
+                         "use it or --diarize / --diarization_rttm, not both")
+    counts = SpeakerCounts(arguments.num_speakers, arguments.min_speakers, arguments.max_speakers)
+    try:
+        counts.check()
+    except ValueError as error:
+        raise UsageError(str(error))
+    if arguments.diarization_rttm:
+        rttm = Path(arguments.diarization_rttm).expanduser()
+        if not rttm.exists():
+            raise UsageError(f"--diarization_rttm {rttm}: no such file or directory")
+        ignored = [flag for flag, value in (("--diarize", arguments.diarize), ("--num_speakers", counts.num_speakers),
+                   ("--min_speakers", counts.min_speakers), ("--max_speakers", counts.max_speakers),
+                   ("--diarization_model", arguments.diarization_model)) if value]
+        if ignored:
+            notice(f"{', '.join(ignored)} ignored: the speakers come from {rttm}")
+        return RttmSpeakers(rttm, single_input=job_count == 1)
+    try:
+        require_pyannote()
+        directory = resolve_pipeline(arguments.diarization_model, root)
+        check_pipeline(directory)
+    except DiarizationError as error:
+        raise UsageError(str(error))
+
+    def load():
+        from whisper_hpc.diarization.pipeline import SpeakerDiarizer
+
+        try:
+            diarizer = SpeakerDiarizer(directory, device, device_index, threads)
+        except DiarizationError as error:
+            raise UsageError(str(error))
+        notice(f"speaker diarization: pyannote pipeline {directory}")
+        return diarizer
+
+    return PipelineSpeakers(load, directory, counts)

@@ -14,6 +14,19 @@ class Word:
     speaker: str | None = None
 
 
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """One stretch of one speaker's speech, in seconds from the start of the file."""
+
+    start: float
+    end: float
+    speaker: str
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+
 @dataclass
 class Segment:
     start: float
@@ -52,6 +65,8 @@ class Transcript:
     channel: str | None = None
     wall_time: float = 0.0
     options: dict = field(default_factory=dict)
+    speaker_turns: list[SpeakerTurn] | None = None  # the diarization, when the run diarized
+    diarization: dict | None = None  # where the speaker turns came from
 
     @property
     def text(self) -> str:
@@ -68,4 +83,16 @@ class Transcript:
         if not self.options.get("word_timestamps"):
             for segment in data["segments"]:
                 segment.pop("words", None)
+        if self.speaker_turns is None:
+            data.pop("speaker_turns")
+            data.pop("diarization")
+        else:
+            data["speakers"] = self.speakers
         return data
+
+    @property
+    def speakers(self) -> list[str]:
+        """Speaker labels as first heard in the transcript, then any who say no transcribed word."""
+        heard = [s.speaker for s in self.segments if s.speaker]
+        turns = sorted(self.speaker_turns or [], key=lambda t: (t.start, t.end))
+        return list(dict.fromkeys(heard + [t.speaker for t in turns]))

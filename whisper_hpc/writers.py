@@ -1,4 +1,4 @@
-"""Transcript files: txt, vtt, srt, tsv and json, each written atomically."""
+"""Transcript files: txt, vtt, srt, tsv and json (and the diarization as rttm), each written atomically."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable
 from whisper_hpc.transcript import Segment, Transcript
 
 FORMATS = ("txt", "vtt", "srt", "tsv", "json")
+SPEAKER_FORMATS = ("rttm",)  # written only when the run diarizes
 
 
 def timestamp(seconds: float, decimal: str = ".", always_hours: bool = True) -> str:
@@ -71,6 +72,13 @@ def render_json(transcript: Transcript) -> str:
     return json.dumps(transcript.to_dict(), ensure_ascii=False, indent=2) + "\n"
 
 
+def render_rttm(transcript: Transcript) -> str:
+    from whisper_hpc.diarization.rttm import render_rttm as rttm_lines
+
+    stem = Path(transcript.source).stem + (f".{transcript.channel}" if transcript.channel else "")
+    return rttm_lines(transcript.speaker_turns or [], stem)
+
+
 RENDERERS: dict[str, Callable[[Transcript], str]] = {
     "txt": render_txt,
     "vtt": render_vtt,
@@ -78,6 +86,8 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
     "tsv": render_tsv,
     "json": render_json,
 }
+# The diarization itself, not the transcript: written beside it when the run has speakers.
+SPEAKER_RENDERERS: dict[str, Callable[[Transcript], str]] = {"rttm": render_rttm}
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -107,6 +117,6 @@ def write_transcript(transcript: Transcript, base: Path, formats: tuple[str, ...
     written = []
     for fmt in sorted(formats, key=lambda f: f == "json"):
         target = base.with_name(base.name + "." + fmt)
-        write_atomically(target, RENDERERS[fmt](transcript))
+        write_atomically(target, (RENDERERS.get(fmt) or SPEAKER_RENDERERS[fmt])(transcript))
         written.append(target)
     return written
