@@ -23,7 +23,7 @@ def need_ffmpeg() -> None:
     if not (shutil.which("ffmpeg") and shutil.which("ffprobe")):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI must run the audio tests, but ffmpeg/ffprobe are not on PATH")
-        pytest.skip("ffmpeg/ffprobe are not on PATH")
+        pytest.skip(reason="ffmpeg/ffprobe are not on PATH")
 
 
 @pytest.fixture

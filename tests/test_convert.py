@@ -33,7 +33,7 @@ def skip_or_fail(reason: str) -> None:
     """Skip with ``reason``; in CI (CI=true) missing prerequisites are failures."""
     if IN_CI:
         pytest.fail(f"CI=true, refusing to skip: {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason=reason)
 
 
 # --------------------------------------------------------------------- tiny writer

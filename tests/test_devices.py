@@ -170,7 +170,7 @@ def test_cpu_is_cpu_without_looking(monkeypatch):
 
 def test_auto_on_this_machine_is_cpu():
     if not machine_has_no_gpu():
-        pytest.skip("this machine has an NVIDIA GPU")
+        pytest.skip(reason="this machine has an NVIDIA GPU: the no-GPU path cannot be shown here")
     assert resolve_device("auto", "faster-whisper") == "cpu"
 
 
@@ -183,7 +183,7 @@ def test_auto_without_gpu_does_not_import_an_engine(monkeypatch):
 
 def test_cuda_on_this_machine_says_the_gpu_is_absent(monkeypatch):
     if not machine_has_no_gpu():
-        pytest.skip("this machine has an NVIDIA GPU")
+        pytest.skip(reason="this machine has an NVIDIA GPU: the no-GPU path cannot be shown here")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(DeviceError) as error:
         resolve_device("cuda", "faster-whisper")
