@@ -38,8 +38,9 @@ system-deps:
 
 venv: system-deps $(VENV)/.installed
 
-$(VENV)/.installed: requirements/whisper.lock requirements/test.lock pyproject.toml
+$(VENV)/.installed: requirements/tools.lock requirements/whisper.lock requirements/test.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements/tools.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r requirements/whisper.lock -r requirements/test.lock
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@

@@ -47,7 +47,9 @@ build_project_wheel() {
   project_sources | xargs -d '\n' cp --parents -p -t "$copy"
   rm -rf build/wheelhouse
   mkdir -p build/wheelhouse
-  "$PYTHON" -c 'import setuptools' 2>/dev/null && isolation=(--no-build-isolation)
+  # The host's own setuptools when it can build us (PEP 639 license: >= 77), so no index is needed.
+  "$PYTHON" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' 2>/dev/null \
+    && isolation=(--no-build-isolation)
   quiet_pip wheel -q --no-deps "${isolation[@]}" -w build/wheelhouse "$copy"
   rm -rf "$copy"
 }
