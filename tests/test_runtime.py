@@ -127,6 +127,7 @@ def test_start_run_is_created_once_and_cleaned_at_exit(tmp_path, monkeypatch):
     registered = []
     monkeypatch.setattr(runtime, "_current_run", None)
     monkeypatch.setattr(runtime.atexit, "register", registered.append)
+    monkeypatch.setattr(runtime.tempfile, "tempdir", None)
     monkeypatch.setenv("WHISPER_HPC_TMPDIR", str(tmp_path))
     for name in CACHE_VARIABLES:
         monkeypatch.setenv(name, "/should/be/replaced")
@@ -135,6 +136,7 @@ def test_start_run_is_created_once_and_cleaned_at_exit(tmp_path, monkeypatch):
     assert runtime.run_scratch() == run.path
     assert run.path.parent == tmp_path
     assert Path(os.environ["HF_HOME"]) == run.path / "cache" / "huggingface"
+    assert Path(runtime.tempfile.gettempdir()) == run.path / "tmp"  # libraries' temp files land inside
     assert len(registered) == 1
     registered[0]()
     assert not run.path.exists()

@@ -271,9 +271,9 @@ def test_offline_in_a_network_namespace_and_nothing_left_behind(cli, tmp_path, s
     probe = subprocess.run([*unshare, "true"], capture_output=True)
     need(probe.returncode == 0, f"cannot create a network namespace here ({probe.stderr.decode().strip()})")
     out = tmp_path / "out"
-    for backend in BACKENDS:
+    for backend, extra in zip(BACKENDS, (["--vad_filter"], [])):  # the VAD runs in onnxruntime, which writes to $TMPDIR
         result = cli(str(shared_data / "jfk.flac"), "--model", "tiny.en", "--backend", backend, "-o", str(out),
-                     "--overwrite", wrap=unshare)
+                     "--overwrite", *extra, wrap=unshare)
         assert result.returncode == 0, result.stderr
         assert "And so" in (out / "jfk.txt").read_text()
     assert list(home.rglob("*")) == []

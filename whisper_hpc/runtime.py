@@ -28,6 +28,9 @@ CACHE_VARIABLES = {
     "NUMBA_CACHE_DIR": "cache/numba",
     "MPLCONFIGDIR": "cache/matplotlib",
     "TRITON_CACHE_DIR": "cache/triton",
+    "TORCHINDUCTOR_CACHE_DIR": "cache/torchinductor",
+    "CUDA_CACHE_PATH": "cache/nv",  # the CUDA driver's JIT cache, else ~/.nv/ComputeCache
+    "TMPDIR": "tmp",  # what libraries put in "the" temp directory (onnxruntime's .ses files) goes too
 }
 
 THREAD_VARIABLES = (
@@ -77,6 +80,8 @@ class RunDirectory:
             target = self.path / relative
             target.mkdir(parents=True, exist_ok=True)
             env[name] = str(target)
+        if environ is None:
+            tempfile.tempdir = env["TMPDIR"]  # tempfile read TMPDIR once already, when it made this directory
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

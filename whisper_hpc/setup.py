@@ -60,6 +60,59 @@ def writable_directory(path: Path) -> Path:
     return path
 
 
+def input_names(arguments) -> list[str]:
+    """The inputs as given: positional paths, then the lines of --file_list."""
+    from whisper_hpc.inputs import read_file_list
+
+    names = list(arguments.audio)
+    if arguments.file_list:
+        try:
+            names += read_file_list(Path(arguments.file_list))
+        except OSError as error:
+            raise UsageError(f"--file_list {arguments.file_list}: {error.strerror}")
+    if not names:
+        raise UsageError("no input files: give audio files, directories or --file_list FILE")
+    return names
+
+
+def checked_site():
+    from whisper_hpc.site import SiteError, load_site
+
+    try:
+        return load_site()
+    except SiteError as error:
+        raise UsageError(str(error))
+
+
+def staged_model(arguments, site):
+    """(model root, the staged model the flags name); refuses when it is not staged."""
+    from whisper_hpc.model_store import ModelNotFound, resolve_model
+    from whisper_hpc.site import model_root
+
+    root = Path(arguments.model_dir) if arguments.model_dir else model_root(site)
+    spec = arguments.model_directory or arguments.model or site.default_model
+    if not spec:
+        raise UsageError(f"no model given: pass --model NAME (see `whisper-hpc doctor` for the models staged in {root})")
+    try:
+        return root, resolve_model(spec, root)
+    except ModelNotFound as error:
+        raise UsageError(str(error))
+
+
+def checked_language(arguments, staged) -> str | None:
+    """The language code to decode in (None: detect); refuses what an English-only model cannot do."""
+    from whisper_hpc.languages import language_code
+
+    try:
+        language = language_code(arguments.language)
+    except ValueError as error:
+        raise UsageError(f"--language: {error}")
+    if staged.english_only and (language not in (None, "en") or arguments.task == "translate"):
+        what = f"--language {arguments.language}" if language not in (None, "en") else "--task translate"
+        raise UsageError(f"model {staged.name} is English-only and cannot do {what}; use a multilingual model")
+    return "en" if staged.english_only else language
+
+
 def build_run(arguments) -> Callable[[], object] | None:
     threads = arguments.threads if arguments.threads > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
@@ -67,11 +120,8 @@ def build_run(arguments) -> Callable[[], object] | None:
 
     from whisper_hpc.devices import DeviceError, resolve_device
     from whisper_hpc.engines import DecodeOptions, EngineError, LoadedModel, load_engine
-    from whisper_hpc.inputs import collect_jobs, read_file_list
-    from whisper_hpc.languages import language_code
-    from whisper_hpc.model_store import ModelNotFound, resolve_model
+    from whisper_hpc.inputs import collect_jobs
     from whisper_hpc.runner import RunSettings, run_jobs
-    from whisper_hpc.site import SiteError, load_site, model_root
 
     diarizing = bool(arguments.diarize or arguments.diarization_rttm)
     if arguments.diarize:
@@ -81,42 +131,15 @@ def build_run(arguments) -> Callable[[], object] | None:
     if not diarizing and any(v is not None for v in (arguments.num_speakers, arguments.min_speakers, arguments.max_speakers)):
         raise UsageError("--num_speakers, --min_speakers and --max_speakers need --diarize")
     formats = output_formats(arguments.output_format, diarizing)
-    names = list(arguments.audio)
-    if arguments.file_list:
-        try:
-            names += read_file_list(Path(arguments.file_list))
-        except OSError as error:
-            raise UsageError(f"--file_list {arguments.file_list}: {error.strerror}")
-    if not names:
-        raise UsageError("no input files: give audio files, directories or --file_list FILE")
+    names = input_names(arguments)
     output_dir = writable_directory(Path(arguments.output_dir).expanduser())
     try:
         jobs = collect_jobs(names, output_dir)
     except ValueError as error:
         raise UsageError(str(error))
 
-    try:
-        site = load_site()
-    except SiteError as error:
-        raise UsageError(str(error))
-    root = Path(arguments.model_dir) if arguments.model_dir else model_root(site)
-    spec = arguments.model_directory or arguments.model or site.default_model
-    if not spec:
-        raise UsageError(f"no model given: pass --model NAME (see `whisper-hpc doctor` for the models staged in {root})")
-    try:
-        staged = resolve_model(spec, root)
-    except ModelNotFound as error:
-        raise UsageError(str(error))
-
-    try:
-        language = language_code(arguments.language)
-    except ValueError as error:
-        raise UsageError(f"--language: {error}")
-    if staged.english_only and (language not in (None, "en") or arguments.task == "translate"):
-        what = f"--language {arguments.language}" if language not in (None, "en") else "--task translate"
-        raise UsageError(f"model {staged.name} is English-only and cannot do {what}; use a multilingual model")
-    if staged.english_only:
-        language = "en"
+    root, staged = staged_model(arguments, checked_site())
+    language = checked_language(arguments, staged)
 
     backend = arguments.backend
     if not arguments.local_files_only:

@@ -12,7 +12,7 @@ from typing import Sequence
 from whisper_hpc.batch import plan, slurm
 from whisper_hpc.batch.manifest import Manifest, ManifestError, find_by_job, manifest_path, new_name
 from whisper_hpc.batch.request import Parser, Refusal, Request, batch_parser, engine_arguments, explicit_settings, \
-    parse_request, staged_model
+    parse_request
 from whisper_hpc.batch.schedule import ArrayPlan, describe, plan_array, probe_durations, render_script, say
 from whisper_hpc.batch.selection import NamingError, group_key, groups, outputs_exist, select, whole_groups
 
@@ -187,7 +187,7 @@ def run(argv: Sequence[str]) -> int:
 def resume(argv: Sequence[str]) -> int:
     from whisper_hpc.batch.status import file_statuses
     from whisper_hpc.options import UsageError, parse
-    from whisper_hpc.site import SiteError, load_site
+    from whisper_hpc.setup import checked_site, staged_model
 
     batch, rest = batch_parser().parse_known_args(list(argv))
     flags = [a for a in rest if a.startswith("-")]
@@ -213,12 +213,12 @@ def resume(argv: Sequence[str]) -> int:
         return 0
     try:
         namespace = parse(manifest.engine_args)
-        site = load_site()
-    except (UsageError, SiteError) as error:
+        site = checked_site()
+        model_path = staged_model(namespace, site)[1].path
+    except UsageError as error:
         raise Refusal(f"{manifest.path}: {error}")
     previous = manifest.submissions[-1].resources.get("settings", {}) if manifest.submissions else {}
     settings = {**previous, **explicit_settings(batch)}
-    model_path = staged_model(namespace, site).path
     probe_durations(manifest, todo)
     array = plan_array(manifest, todo, namespace, model_path, site, settings)
     if live:

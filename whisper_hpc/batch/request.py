@@ -114,58 +114,31 @@ class Request:
 
 
 def parse_request(argv: Sequence[str]) -> Request:
-    from whisper_hpc.inputs import read_file_list
+    from whisper_hpc import setup
     from whisper_hpc.options import UsageError, parse
-    from whisper_hpc.setup import output_formats, parse_device, writable_directory
-    from whisper_hpc.site import SiteError, load_site
 
     batch, rest = batch_parser().parse_known_args(list(argv))
     settings = explicit_settings(batch)
     try:
         namespace = parse(rest)
-        formats = output_formats(namespace.output_format, speakers(namespace))
-        parse_device(namespace.device, namespace.device_index)
+        formats = setup.output_formats(namespace.output_format, speakers(namespace))
+        setup.parse_device(namespace.device, namespace.device_index)
+        paths = setup.input_names(namespace)
+        site = setup.checked_site()
+        root, model = setup.staged_model(namespace, site)
+        setup.checked_language(namespace, model)
     except UsageError as error:
         raise Refusal(str(error))
-    paths = list(namespace.audio)
-    if namespace.file_list:
-        try:
-            paths += read_file_list(Path(namespace.file_list))
-        except OSError as error:
-            raise Refusal(f"--file_list {namespace.file_list}: {error.strerror}")
-    if not paths:
-        raise Refusal("no input files: give audio files, directories or --file_list FILE")
-    try:
-        site = load_site()
-    except SiteError as error:
-        raise Refusal(str(error))
-    model = staged_model(namespace, site)
-    check_language(namespace, model)
-    check_diarization(namespace, site)
+    check_diarization(namespace, root)
     output_dir = absolute(namespace.output_dir)
     if not batch.dry_run:
         try:
-            writable_directory(output_dir)
+            setup.writable_directory(output_dir)
         except UsageError as error:
             raise Refusal(str(error))
     elif output_dir.exists() and not os.access(output_dir, os.W_OK | os.X_OK):
         raise Refusal(f"output directory {output_dir} is not writable; choose another with --output_dir")
     return Request(paths, output_dir, namespace, settings, batch.dry_run, model, formats, site)
-
-
-def staged_model(namespace: argparse.Namespace, site):
-    """The model every task will load; refuses when it is not staged."""
-    from whisper_hpc.model_store import ModelNotFound, resolve_model
-    from whisper_hpc.site import model_root
-
-    root = Path(namespace.model_dir) if namespace.model_dir else model_root(site)
-    spec = namespace.model_directory or namespace.model or site.default_model
-    if not spec:
-        raise Refusal(f"no model given: pass --model NAME (whisper-hpc doctor lists the models staged in {root})")
-    try:
-        return resolve_model(spec, root)
-    except ModelNotFound as error:
-        raise Refusal(str(error))
 
 
 def speakers(namespace: argparse.Namespace) -> bool:
@@ -178,33 +151,18 @@ def runs_pipeline(namespace: argparse.Namespace) -> bool:
     return bool(getattr(namespace, "diarize", False)) and not getattr(namespace, "diarization_rttm", None)
 
 
-def check_diarization(namespace: argparse.Namespace, site) -> None:
+def check_diarization(namespace: argparse.Namespace, root: Path) -> None:
     """--diarize needs a staged pipeline: refuse now, not in every task."""
     if not runs_pipeline(namespace):
         return
-    from whisper_hpc.site import model_root
-
     try:
         from whisper_hpc.diarization import DiarizationError
         from whisper_hpc.diarization.staged import check_pipeline, resolve_pipeline
     except ImportError:  # an install without the diarization tier: the tasks will say so
         return
-    root = Path(namespace.model_dir) if namespace.model_dir else model_root(site)
     try:
         check_pipeline(resolve_pipeline(namespace.diarization_model, root))
     except DiarizationError as error:
         raise Refusal(str(error))
     except ImportError:  # PyYAML absent here: resolve only
         pass
-
-
-def check_language(namespace: argparse.Namespace, model) -> None:
-    from whisper_hpc.languages import language_code
-
-    try:
-        language = language_code(namespace.language)
-    except ValueError as error:
-        raise Refusal(f"--language: {error}")
-    if model.english_only and (language not in (None, "en") or namespace.task == "translate"):
-        what = f"--language {namespace.language}" if language not in (None, "en") else "--task translate"
-        raise Refusal(f"model {model.name} is English-only and cannot do {what}; use a multilingual model")
