@@ -79,8 +79,16 @@ def doctor(argv: Sequence[str]) -> int:
     for model in staged:
         engines = [e for e, ok in (("faster-whisper", model.ctranslate2_dir), ("openai-whisper", model.openai_checkpoint)) if ok]
         row(model.name, ", ".join(engines))
+    for path, missing in incomplete_models(root):
+        row(path.name, f"incomplete: no {', '.join(missing)}")
+        problems.append(f"{path} lacks {', '.join(missing)}, so faster-whisper cannot load it (and would look for "
+                        f"it on the hub); an administrator re-stages it: whisper-models fetch {path.name}")
     if root.is_dir() and not staged:
         problems.append(f"no models are staged in {root}; an administrator runs `whisper-models fetch NAME`")
+
+    section("diarization")
+    for label, state in diarization_pipelines(root):
+        row(label, state)
 
     section("network")
     for name in runtime.OFFLINE_VARIABLES:
@@ -89,10 +97,7 @@ def doctor(argv: Sequence[str]) -> int:
         if os.environ.get(name):
             row(name, os.environ[name])
     online = [name for name in runtime.OFFLINE_VARIABLES if os.environ.get(name) != runtime.OFFLINE_VARIABLES[name]]
-    untokenised = [m.name for m in staged if (m.path / "model.bin").is_file() and not (m.path / "tokenizer.json").is_file()]
-    if untokenised:
-        problems.append(f"faster-whisper would ask the hub for a tokenizer for: {', '.join(untokenised)} (add tokenizer.json)")
-    row("would try the network", "yes: " + ", ".join(online + untokenised) if online or untokenised else
+    row("would try the network", "yes: " + ", ".join(online) if online else
         "no: hub, telemetry and downloads are off; models are local paths")
     row("caches", os.environ.get("XDG_CACHE_HOME"))
 
@@ -100,6 +105,18 @@ def doctor(argv: Sequence[str]) -> int:
     for problem in problems or ["none found"]:
         print(f"  {problem}")
     return 1 if problems else 0
+
+
+def incomplete_models(root) -> list[tuple[object, list[str]]]:
+    """Folders with a CTranslate2 model.bin but not everything faster-whisper needs beside it."""
+    from whisper_hpc.model_store import CTRANSLATE2_FILES
+
+    found = []
+    for path in sorted(root.glob("*/model.bin")) if root.is_dir() else []:
+        missing = [f for f in CTRANSLATE2_FILES if not (path.parent / f).is_file()]
+        if missing and not path.parent.name.startswith("."):
+            found.append((path.parent, missing))
+    return found
 
 
 def backend_supports_cpu_int8() -> bool:
@@ -110,3 +127,29 @@ def cpu_compute_types() -> set[str]:
     import ctranslate2
 
     return ctranslate2.get_supported_compute_types("cpu")
+
+
+def diarization_pipelines(root) -> list[tuple[str, str]]:
+    """(name, state) for pyannote.audio and every pipeline staged under ROOT/diarization/."""
+    from whisper_hpc.diarization import DiarizationError
+    from whisper_hpc.diarization.staged import check_pipeline, pipelines_root, staged_pipelines
+
+    try:
+        pyannote = importlib.util.find_spec("pyannote.audio") is not None
+    except ModuleNotFoundError:
+        pyannote = False
+    rows = [("pyannote.audio", installed_version("pyannote.audio") if pyannote
+             else "not installed (--diarize needs the whisper-diarization module or image)")]
+    pipelines = staged_pipelines(root)
+    if not pipelines:
+        rows.append(("pipelines", f"none staged in {pipelines_root(root)}"))
+    for directory in pipelines:
+        try:
+            check_pipeline(directory)
+            state = "ready (every file local)"
+        except DiarizationError as error:
+            state = f"unusable: {error}"
+        except ImportError:
+            state = "staged (not checked: PyYAML is absent)"
+        rows.append((f"pipeline {directory.name}", state))
+    return rows
