@@ -149,6 +149,16 @@ def test_module_variable_overrides_site_model_root():
     assert "/home/models:/models:ro" in bound and "/site/models:/models:ro" not in bound
 
 
+def test_a_data_area_reached_through_a_symlink_is_bound_at_its_target_first():
+    links = {"/project": "/gpfs/project", "/site/models": "/gpfs/models"}
+    wanted = [("/project", "/project", ""), ("/home", "/home", ""), ("/site/models", "/models", "ro"),
+              ("/site/models", "/site/models", "ro")]
+    bound = sw.through_symlinks(wanted, realpath=lambda p: links.get(p, p))
+    assert bound == [("/gpfs/project", "/gpfs/project", ""), ("/gpfs/project", "/project", ""), ("/home", "/home", ""),
+                     ("/gpfs/models", "/gpfs/models", "ro"), ("/gpfs/models", "/models", "ro"),
+                     ("/gpfs/models", "/site/models", "ro")]
+
+
 def test_paths_bind_cannot_express_use_mount():
     assert sw.bind_flags("/a,b:c", "/a,b:c", "ro") == ["--mount", 'type=bind,"source=/a,b:c","destination=/a,b:c",ro']
     assert sw.bind_flags("/plain dir", "/plain dir", "") == ["--bind", "/plain dir:/plain dir"]
