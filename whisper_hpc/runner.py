@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from whisper_hpc import audio
+from whisper_hpc import audio, runtime
 from whisper_hpc.diarization.merge import assign_speakers, number_in_transcript_order, within
 from whisper_hpc.engines import DecodeOptions, Engine
 from whisper_hpc.inputs import Job
@@ -140,6 +140,8 @@ def transcribe_file(
                 print(f"[{placed.start:8.2f} --> {placed.end:8.2f}] {placed.text.strip()}", flush=True)
             progress.within_file(name, placed.end, info.duration, started)
         decoded = window.offset + window.duration
+        del window, result
+        runtime.release_freed_memory()
         if options.condition_on_previous_text and segments:
             carried = " ".join(s.text.strip() for s in segments[-10:])[-PROMPT_CARRY_CHARACTERS:]
             window_options = replace(window_options, initial_prompt=carried)

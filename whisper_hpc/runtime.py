@@ -109,3 +109,14 @@ def start_run() -> RunDirectory:
 def run_scratch() -> Path:
     """A writable directory for this run's scratch files (gone when the process ends)."""
     return start_run().path
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last window back to the system (glibc keeps it otherwise, and the
+    peak then creeps up window after window); a no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
