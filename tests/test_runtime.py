@@ -118,7 +118,8 @@ def test_point_caches_here(tmp_path):
     env: dict[str, str] = {}
     with RunDirectory(str(tmp_path)) as run:
         run.point_caches_here(env)
-        assert set(env) == set(CACHE_VARIABLES)
+        assert set(env) == {*CACHE_VARIABLES, "TMPDIR"}
+        assert Path(env["TMPDIR"]) == run.path / "tmp" and Path(env["TMPDIR"]).is_dir()
         for name, relative in CACHE_VARIABLES.items():
             assert Path(env[name]) == run.path / relative
             assert Path(env[name]).is_dir()

@@ -30,8 +30,9 @@ CACHE_VARIABLES = {
     "TRITON_CACHE_DIR": "cache/triton",
     "TORCHINDUCTOR_CACHE_DIR": "cache/torchinductor",
     "CUDA_CACHE_PATH": "cache/nv",  # the CUDA driver's JIT cache, else ~/.nv/ComputeCache
-    "TMPDIR": "tmp",  # what libraries put in "the" temp directory (onnxruntime's .ses files) goes too
 }
+# What libraries put in "the" temporary directory (onnxruntime's .ses files, for one) goes in too.
+TEMP_DIRECTORY = "tmp"
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -80,6 +81,9 @@ class RunDirectory:
             target = self.path / relative
             target.mkdir(parents=True, exist_ok=True)
             env[name] = str(target)
+        temporary = self.path / TEMP_DIRECTORY
+        temporary.mkdir(exist_ok=True)
+        env["TMPDIR"] = str(temporary)
         if environ is None:
             tempfile.tempdir = env["TMPDIR"]  # tempfile read TMPDIR once already, when it made this directory
 
