@@ -232,6 +232,10 @@ def test_run_inside_an_allocation_writes_the_same_manifest(batch, recordings, sl
     assert recorded["submissions"][0]["kind"] == "run" and recorded["submissions"][0]["job_id"] == job
     code, report = status_json(batch, str(manifest))
     assert code == 0 and report["counts"]["done"] == 3
+    for verb, said in (("run", "do"), ("submit", "submit")):  # all done: neither runs nor records anything
+        again = batch(verb, *map(str, chosen), "--model", "tiny.en", "--output_dir", str(out), "--output_format", "txt,json")
+        assert again.returncode == 0 and again.stdout.startswith(f"nothing to {said}: all 3 files are done"), again
+    assert list((out / ".whisper-batch").glob("*.json")) == [manifest]
     assert not sentinels(tmp_path, recordings.folder.parent)
 
 

@@ -94,6 +94,16 @@ def not_done(manifest: Manifest) -> list[int]:
             if not outputs_exist(e, formats, manifest.split_channels, manifest.since)]
 
 
+def new_work(request: Request, verb: str) -> tuple[Manifest, list[int], int] | None:
+    """(manifest, the files not done, how many are done), or None, said, when all are done."""
+    manifest = new_manifest(request)
+    todo = not_done(manifest)
+    if not todo:
+        print(f"nothing to {verb}: all {len(manifest.entries)} files are done (pass --overwrite True to redo them)")
+        return None
+    return manifest, todo, len(manifest.entries) - len(todo)
+
+
 def to_run(manifest: Manifest, wanted: list[int]) -> list[int]:
     """`wanted` plus the files named relative to them, which must run in the same whisper-hpc run
     (whisper-hpc skips those already done)."""
@@ -102,12 +112,10 @@ def to_run(manifest: Manifest, wanted: list[int]) -> list[int]:
 
 def submit(argv: Sequence[str]) -> int:
     request = parse_request(argv)
-    manifest = new_manifest(request)
-    todo = not_done(manifest)
-    skipped = len(manifest.entries) - len(todo)
-    if not todo:
-        print(f"nothing to submit: all {len(manifest.entries)} files are done (pass --overwrite True to redo them)")
+    work = new_work(request, "submit")
+    if work is None:
         return 0
+    manifest, todo, skipped = work
     if not request.dry_run and not slurm.available("sbatch"):
         raise Refusal("sbatch not found: submit from a login node with Slurm, or use `whisper-batch run` inside a job")
     everything = to_run(manifest, todo)
@@ -163,12 +171,10 @@ def run(argv: Sequence[str]) -> int:
     request = parse_request(argv)
     if request.dry_run:
         raise Refusal("--dry_run is for submit and resume; run transcribes right away")
-    manifest = new_manifest(request)
-    todo = not_done(manifest)
-    skipped = len(manifest.entries) - len(todo)
-    if not todo:
-        print(f"nothing to do: all {len(manifest.entries)} files are done (pass --overwrite True to redo them)")
+    work = new_work(request, "do")
+    if work is None:
         return 0
+    manifest, todo, skipped = work
     everything = to_run(manifest, todo)
     chunk_size = request.settings.get("chunk_size")
     tasks = plan.make_chunks(groups(manifest.entries, everything), dict.fromkeys(everything, 0.0), float("inf"), chunk_size)
