@@ -60,6 +60,10 @@ def test_pin_threads_sets_every_pool():
         "OMP_NUM_THREADS": "6", "MKL_NUM_THREADS": "6", "OPENBLAS_NUM_THREADS": "6",
         "NUMEXPR_NUM_THREADS": "6", "VECLIB_MAXIMUM_THREADS": "6", "CT2_INTER_THREADS": "1",
     }
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["UNRELATED"] == "x"
+    mine = {"OMP_WAIT_POLICY": "ACTIVE"}
+    pin_threads(2, mine)
+    assert mine["OMP_WAIT_POLICY"] == "ACTIVE"  # a user's own choice stands
     assert env["UNRELATED"] == "x"
 
 
@@ -132,7 +136,7 @@ def test_start_run_is_created_once_and_cleaned_at_exit(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.atexit, "register", registered.append)
     monkeypatch.setattr(runtime.tempfile, "tempdir", None)
     monkeypatch.setenv("WHISPER_HPC_TMPDIR", str(tmp_path))
-    for name in CACHE_VARIABLES:
+    for name in [*CACHE_VARIABLES, "TMPDIR"]:
         monkeypatch.setenv(name, "/should/be/replaced")
     run = runtime.start_run()
     assert runtime.start_run() is run

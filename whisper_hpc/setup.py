@@ -124,10 +124,6 @@ def build_run(arguments) -> Callable[[], object] | None:
     from whisper_hpc.runner import RunSettings, run_jobs
 
     diarizing = bool(arguments.diarize or arguments.diarization_rttm)
-    if arguments.diarize:
-        # pyannote's many small PyTorch operations: with OpenMP's default spin-waiting, a node
-        # shared with other jobs ran them 10x slower (measured, docs/diarization.rst).
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if not diarizing and any(v is not None for v in (arguments.num_speakers, arguments.min_speakers, arguments.max_speakers)):
         raise UsageError("--num_speakers, --min_speakers and --max_speakers need --diarize")
     formats = output_formats(arguments.output_format, diarizing)

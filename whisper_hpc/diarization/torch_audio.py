@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
 import warnings
 
 
@@ -43,18 +42,13 @@ def prepare_environment() -> None:
     """Before torch and pyannote load: their temporary files into the run directory, OpenMP polite.
 
     onnxruntime (imported by pyannote.audio.pipelines) leaves a `.ses` file in $TMPDIR and
-    torch's compiler a `torchinductor_<user>` folder; inside the run directory both are
-    removed with it when the process ends.
+    torch's compiler a `torchinductor_<user>` folder; the run directory (runtime.start_run) holds
+    both and is removed when the process ends.
     """
     from whisper_hpc import runtime
 
-    scratch = runtime.run_scratch()
-    temporary = scratch / "tmp"
-    temporary.mkdir(exist_ok=True)
-    os.environ["TMPDIR"] = str(temporary)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(scratch / "cache" / "torchinductor")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see whisper_hpc.setup; read when torch loads
-    tempfile.tempdir = None  # forget the temporary directory tempfile already looked up
+    runtime.start_run()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as runtime.pin_threads, for callers that skip it
 
 
 def import_pyannote():
