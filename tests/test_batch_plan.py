@@ -1,130 +1,30 @@
-"""whisper-batch's pure logic: sizing, chunking, transcript naming, Slurm parsing, error matching.
+"""whisper-batch's pure logic: chunking, transcript naming, Slurm parsing, error matching (sizing: test_sizing.py).
 
 No Slurm and no model here (tests/test_batch.py runs the real thing); files are made in tmp_path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from whisper_hpc import sizing
 from whisper_hpc.batch import plan, slurm
 from whisper_hpc.batch.cli import main
 from whisper_hpc.batch.request import Refusal, batch_parser, engine_arguments, explicit_settings
 from whisper_hpc.batch.schedule import gres
-from whisper_hpc.batch.manifest import Manifest, Submission, find_by_job, manifest_path, write_result
+from whisper_hpc.batch.manifest import Manifest, Submission, TaskResult, find_by_job, manifest_path, read_result, \
+    write_result
 from whisper_hpc.batch.selection import (
     Entry, NamingError, check_invocation, groups, invocations, list_safe, outputs_exist, select, whole_groups,
 )
 from whisper_hpc.batch.status import file_statuses, printable, report
 from whisper_hpc.batch.task import file_errors, invocation_argv, usage_error
 from whisper_hpc.options import parse
-
-# ---- Slurm time and memory ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, seconds", [
-    ("30", 1800), ("05:30", 330), ("01:00:00", 3600), ("1-00", 86400), ("2-03:04", 2 * 86400 + 3 * 3600 + 240),
-    ("1-02:03:04", 86400 + 7384), ("24:00:00", 86400),
-])
-def test_slurm_times_parse(text, seconds):
-    assert plan.parse_time(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["UNLIMITED", "infinite", ""])
-def test_unlimited_time_is_none(text):
-    assert plan.parse_time(text) is None
-
-
-@pytest.mark.parametrize("text", ["1h", "1:2:3:4", "abc", "-5"])
-def test_bad_times_are_refused(text):
-    with pytest.raises(ValueError, match="not a Slurm time"):
-        plan.parse_time(text)
-
-
-def test_time_formatting_round_trips():
-    for seconds in (60, 3599, 86399, 86400 + 61, 3 * 86400):
-        assert plan.parse_time(plan.format_time(seconds)) == seconds
-    assert plan.format_time(90061) == "1-01:01:01"
-
-
-@pytest.mark.parametrize("text, megabytes", [("4G", 4096), ("4000M", 4000), ("4000", 4000), ("2048K", 2), ("1T", 1048576), ("8gb", 8192)])
-def test_memory_sizes(text, megabytes):
-    assert plan.parse_memory(text) == megabytes
-
-
-@pytest.mark.parametrize("text", ["4.5G", "lots", "0", "-1G"])
-def test_bad_memory_refused(text):
-    with pytest.raises(ValueError):
-        plan.parse_memory(text)
-
-
-def test_memory_formatting():
-    assert plan.format_memory(2048) == "2G"
-    assert plan.format_memory(1280) == "1280M"
-
-
-# ---- model size, memory, time -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name, parameters", [
-    ("tiny.en", 39), ("tiny", 39), ("base.en", 74), ("small", 244), ("medium.en", 769), ("large-v3", 1550),
-    ("large-v3-turbo", 809), ("distil-large-v3", 756), ("my-finetuned-medium", 769),
-])
-def test_model_parameters_from_name(name, parameters):
-    assert plan.model_parameters_m(name) == (parameters, True)
-
-
-def test_unknown_model_sized_from_its_file_else_assumed_large():
-    assert plan.model_parameters_m("custom", model_bin_bytes=200_000_000) == (100.0, False)
-    assert plan.model_parameters_m("custom") == (plan.UNKNOWN_MODEL_PARAMETERS_M, False)
-
-
-def test_memory_grows_with_model_and_covers_what_was_measured():
-    sizes = [plan.Workload(plan.MODEL_PARAMETERS_M[m]).memory_mb() for m in ("tiny", "base", "small", "medium", "large")]
-    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    # Peak RSS measured here (docs/batch.rst): tiny.en int8 266 MB, base int8 327 MB, base float32 623 MB,
-    # openai-whisper tiny.en 674 MB. The request must exceed each by a margin.
-    assert plan.Workload(39).memory_mb() >= 266 * 1.3
-    assert plan.Workload(74).memory_mb() >= 327 * 1.3
-    assert plan.Workload(74, compute_type="float32").memory_mb() >= 623 * 1.3
-    assert plan.Workload(39, backend="openai-whisper").memory_mb() >= 674 * 1.3
-    assert all(size % plan.MEMORY_STEP_MB == 0 and size >= plan.MEMORY_FLOOR_MB for size in sizes)
-
-
-def test_openai_whisper_and_diarization_need_more():
-    plain = plan.Workload(244)
-    assert plan.Workload(244, backend="openai-whisper").memory_mb() > plain.memory_mb()
-    assert plan.Workload(244, diarize=True).memory_mb() >= plain.memory_mb() + plan.DIARIZATION_MEMORY_MB
-    assert plan.Workload(244, backend="openai-whisper").rtf_bound() > plain.rtf_bound()
-    assert plan.Workload(244, diarize=True).rtf_bound() > plain.rtf_bound()
-
-
-def test_rtf_bound_is_pessimistic_and_follows_device_and_threads():
-    tiny = plan.Workload(39)
-    assert tiny.rtf_bound() >= 0.061 * 2  # at least twice the measured RTF
-    assert plan.Workload(1550).rtf_bound() > plan.Workload(244).rtf_bound() > tiny.rtf_bound()
-    assert plan.Workload(1550, gpu=True).rtf_bound() < plan.Workload(1550).rtf_bound()
-    assert plan.Workload(1550, threads=8).rtf_bound() < plan.Workload(1550, threads=2).rtf_bound()
-    assert plan.Workload(39, compute_type="float32").rtf_bound() > tiny.rtf_bound()
-
-
-def test_task_time_counts_each_model_load_and_unknown_durations():
-    work = plan.Workload(74)
-    one_load = work.task_seconds([10.0, 20.0])
-    assert work.task_seconds([10.0, 20.0], loads=2) == pytest.approx(one_load + work.load_seconds())
-    assert work.task_seconds([None]) == pytest.approx(work.load_seconds() + work.file_seconds(plan.UNKNOWN_DURATION_SECONDS))
-
-
-def test_time_limit_has_a_floor_a_margin_and_the_site_cap():
-    assert plan.time_limit_seconds(5, cap=None) == plan.TIME_FLOOR_SECONDS
-    assert plan.time_limit_seconds(3600, cap=None) >= 3600 + plan.TASK_MARGIN_SECONDS
-    assert plan.time_limit_seconds(3600, cap=None) % 60 == 0
-    assert plan.time_limit_seconds(10 * 3600, cap=4 * 3600) == 4 * 3600
-
 
 def test_target_task_length_between_bounds_and_under_the_cap():
     assert plan.target_task_seconds(60, throttle=20, cap=None) == plan.TARGET_TASK_MIN_SECONDS
@@ -284,12 +184,17 @@ def test_usage_error_is_whisper_hpcs_last_refusal():
 # ---- flags -------------------------------------------------------------------------------------------
 
 
-def test_engine_flags_round_trip_through_whisper_hpcs_parser(tmp_path):
+def test_engine_flags_are_the_users_own_and_round_trip_through_whisper_hpcs_parser(tmp_path):
     argv = ["a.wav", "--model", "base", "--language", "en", "--output_format", "srt,json", "--beam_size", "2",
             "--temperature_increment_on_fallback", "None", "--vad_filter", "--initial_prompt", "$(not run) 'x'",
-            "--logprob_threshold", "-2", "--model_dir", "rel/models", "-o", "outdir", "--file_list", "x.txt"]
+            "b.wav", "--logprob_threshold", "-2", "--model_dir", "rel/models", "-o", "outdir", "--file_list", "x.txt",
+            "--overwrite", "c.wav", "--task=transcribe"]
     namespace = parse(argv)
-    flags = engine_arguments(namespace, "base")
+    flags = engine_arguments(argv, "base")
+    assert flags == ["--model", "base", "--language", "en", "--output_format", "srt,json", "--beam_size", "2",
+                     "--temperature_increment_on_fallback", "None", "--vad_filter", "--initial_prompt", "$(not run) 'x'",
+                     "--logprob_threshold", "-2", "--model_dir", os.path.abspath("rel/models"), "--overwrite",
+                     "--task", "transcribe"]
     again = parse(flags)
     for name in ("model", "language", "output_format", "beam_size", "temperature_increment_on_fallback",
                  "vad_filter", "initial_prompt", "logprob_threshold"):
@@ -299,7 +204,8 @@ def test_engine_flags_round_trip_through_whisper_hpcs_parser(tmp_path):
 
 
 def test_the_site_default_model_is_pinned():
-    assert engine_arguments(parse(["a.wav"]), "small")[:2] == ["--model", "small"]
+    assert engine_arguments(["a.wav", "--language", "en"], "small") == ["--model", "small", "--language", "en"]
+    assert engine_arguments(["--model_directory", "/m/x", "a.wav"], "x") == ["--model_directory", "/m/x"]
 
 
 def test_batch_flags_are_checked():
@@ -379,8 +285,8 @@ def test_status_from_outputs_results_and_slurm_states(tmp_path):
         (out / f"done.{fmt}").write_text("x")
     first = manifest.add_submission("array", [[0, 1], [2], [3], [4], [6]], {})
     first.job_id = "50"
-    write_result(manifest.result_path(1, 0), {"state": "finished", "errors": {"1": "the file is empty (0 bytes)"}})
-    write_result(manifest.result_path(1, 1), {"state": "terminated", "errors": {}})
+    write_result(manifest.result_path(1, 0), TaskResult(1, 0, "finished", errors={"1": "the file is empty (0 bytes)"}))
+    write_result(manifest.result_path(1, 1), TaskResult(1, 1, "terminated"))
     states = {"50": {"0": "COMPLETED", "1": "CANCELLED", "2": "PENDING", "3": "RUNNING", "4": "OUT_OF_MEMORY"}}
     statuses = file_statuses(manifest, states_of=lambda job: states.get(job, {}))
     got = {Path(s.path).name: (s.state, s.live) for s in statuses}
@@ -415,11 +321,14 @@ def test_submission_lookup():
     assert submission.task_of(2) == 0 and submission.task_of(1) == 1 and submission.task_of(5) is None
 
 
-def test_result_files_are_json(tmp_path):
+def test_result_files_are_json_and_read_back(tmp_path):
     path = tmp_path / "r" / "results-1-0.json"
-    write_result(path, {"state": "finished", "errors": {"0": "bad"}})
+    write_result(path, TaskResult(1, 0, "finished", errors={"0": "bad"}, exit_codes=[1]))
     assert json.loads(path.read_text())["errors"] == {"0": "bad"}
     assert not list(path.parent.glob("*.partial"))
+    assert read_result(path) == TaskResult(1, 0, "finished", errors={"0": "bad"}, exit_codes=[1])
+    path.write_text('{"state": "finished"')  # cut short by a full disk: no result, not a crash
+    assert read_result(path) is None
 
 
 def test_a_file_whose_name_partner_is_done_still_runs_with_it(tmp_path, model_root, monkeypatch, capsys):
@@ -444,25 +353,32 @@ def test_a_file_whose_name_partner_is_done_still_runs_with_it(tmp_path, model_ro
 
 
 def test_huge_batches_stay_within_slurms_array_size(tmp_path):
+    from whisper_hpc.assemble import Request as TranscriptionRequest
     from whisper_hpc.batch.schedule import MAX_ARRAY_TASKS, plan_array
-    from whisper_hpc.site import Site
+    from whisper_hpc.model_store import StagedModel
+    from whisper_hpc.site import Site, SlurmTable
 
     names = [f"f{i}.wav" for i in range(20000)]
     manifest = small_manifest(tmp_path, names)
     for entry in manifest.entries:
         entry.duration = 600.0  # 20000 ten-minute recordings
-    namespace = parse(["x.wav"])
     model = tmp_path / "tiny.en"
     model.mkdir()
-    work = plan.Workload(plan.MODEL_PARAMETERS_M["tiny"])
+    unlimited = Site(slurm=SlurmTable(max_time="UNLIMITED"))
+    request = TranscriptionRequest(
+        inputs=("x.wav",), output_dir=tmp_path, formats=("txt",), site=unlimited, root=tmp_path,
+        model=StagedModel("tiny.en", model), language="en", backend="faster-whisper", device="cpu", device_index=0,
+        compute_type=None, threads=0, speakers=False, diarize=False, diarization_model=None, split_channels=False,
+        redo=False)
+    work = sizing.Workload(sizing.MODEL_PARAMETERS_M["tiny"])
     plain = plan.make_chunks([[i] for i in range(len(names))], dict.fromkeys(range(len(names)), work.file_seconds(600.0)),
                              plan.TARGET_TASK_MAX_SECONDS)
     assert len(plain) > MAX_ARRAY_TASKS  # what the ordinary target would give
-    array = plan_array(manifest, range(len(names)), namespace, model, Site(max_time="UNLIMITED"), {})
+    array = plan_array(manifest, range(len(names)), request, {})
     assert len(array.tasks) <= MAX_ARRAY_TASKS
     assert sorted(i for task in array.tasks for i in task) == list(range(len(names)))
     with pytest.raises(Refusal, match="larger --chunk_size"):
-        plan_array(manifest, range(len(names)), namespace, model, Site(), {"chunk_size": 2})
+        plan_array(manifest, range(len(names)), dataclasses.replace(request, site=Site()), {"chunk_size": 2})
 
 
 def test_the_job_script_hands_the_manifest_over_as_one_literal_argument(tmp_path):
@@ -474,13 +390,11 @@ def test_the_job_script_hands_the_manifest_over_as_one_literal_argument(tmp_path
     recorder.write_text("import json, sys\nopen(sys.argv[1], 'w').write(json.dumps(sys.argv[2:]))\n")
     record = tmp_path / "argv.json"
     manifest = tmp_path / "it's \"odd\" $(touch pwned) `touch pwned2`\nline" / ".whisper-batch" / "b.json"
-    for modules in ([], ["whisper/0.1.0"]):
-        text = render("slurm/batch-array.sbatch.j2", {
-            "modules": modules, "batch_command": ["python3", str(recorder), str(record)], "submission": 3,
-            "manifest": str(manifest)})
-        assert text.startswith("#!/bin/bash -l\n" if modules else "#!/bin/bash\n")
-        script = tmp_path / "job.sh"
-        script.write_text(text.replace("module load", "true"))  # no Lmod needed to see what reaches the task
-        subprocess.run(["bash", str(script)], cwd=tmp_path, check=True)
-        assert json.loads(record.read_text()) == ["task", "--submission", "3", str(manifest)]
+    text = render("slurm/batch-array.sbatch.j2", {
+        "batch_command": ["python3", str(recorder), str(record)], "submission": 3, "manifest": str(manifest)})
+    assert text.startswith("#!/bin/bash\n")
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    subprocess.run(["bash", str(script)], cwd=tmp_path, check=True)
+    assert json.loads(record.read_text()) == ["task", "--submission", "3", str(manifest)]
     assert not list(tmp_path.rglob("pwned*"))

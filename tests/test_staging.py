@@ -24,7 +24,8 @@ from hub_server import HubServer
 from wer import word_error_rate
 from whisper_hpc.staging import credentials
 from whisper_hpc.staging.catalogue import COMMIT, CatalogueError, load_catalogue
-from whisper_hpc.staging.pipeline_config import PipelineConfigError, check_pipeline_dir
+from whisper_hpc.diarization import DiarizationError
+from whisper_hpc.diarization.staged import check_pipeline
 
 CT2_REPO = "test-org/faster-whisper-synthetic"
 PIPELINE_REPO = "test-org/speaker-diarization-synthetic"
@@ -421,7 +422,7 @@ def test_gated_pipeline_token_is_used_and_never_shown_or_written(tmp_path, model
         ["README.md", "config.yaml", "embedding/pytorch_model.bin", "manifest.json", "plda/plda.npz",
          "plda/xvec_transform.npz", "segmentation/pytorch_model.bin"])
     assert all(mode(p) == 0o444 for p in files_below(staged)) and mode(staged / "plda") == 0o555
-    check_pipeline_dir(staged)
+    check_pipeline(staged, downloaded=True)
     pipeline_requests = [r for r in hub.requests if PIPELINE_REPO in r.path and "/resolve/" in r.path]
     assert pipeline_requests and all(r.authorization == f"Bearer {TOKEN}" for r in pipeline_requests)
     assert all(r.authorization is None for r in hub.requests if CT2_REPO in r.path)  # public repo: no token
@@ -441,16 +442,20 @@ def test_pipeline_config_must_stay_inside_its_folder(tmp_path):
     for relative, data in SYNTHETIC_PIPELINE.items():
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(data)
-    check_pipeline_dir(folder)
+    check_pipeline(folder, downloaded=True)
     (folder / "config.yaml").write_bytes(PIPELINE_CONFIG.replace(b"$model/embedding", b"pyannote/wespeaker-voxceleb-resnet34-LM"))
-    with pytest.raises(PipelineConfigError, match="embedding.*not a \\$model"):
-        check_pipeline_dir(folder)
+    with pytest.raises(DiarizationError, match="embedding names the Hugging Face hub id"):
+        check_pipeline(folder, downloaded=True)
+    (folder / "config.yaml").write_bytes(PIPELINE_CONFIG.replace(b"$model/embedding", str(folder / "embedding").encode()))
+    with pytest.raises(DiarizationError, match="embedding = .* is outside the pipeline folder"):
+        check_pipeline(folder, downloaded=True)
+    check_pipeline(folder)  # a site's own pipeline may name absolute paths
     (folder / "config.yaml").write_bytes(PIPELINE_CONFIG + b"preprocessors:\n  audio:\n    name: os.system\n    params: {command: id}\n")
-    with pytest.raises(PipelineConfigError, match="os.system"):
-        check_pipeline_dir(folder)
+    with pytest.raises(DiarizationError, match="os.system"):
+        check_pipeline(folder, downloaded=True)
     (folder / "config.yaml").write_bytes(PIPELINE_CONFIG.replace(b"$model/plda", b"$model/missing"))
-    with pytest.raises(PipelineConfigError, match="missing was not downloaded"):
-        check_pipeline_dir(folder)
+    with pytest.raises(DiarizationError, match="plda is missing \\(missing/"):
+        check_pipeline(folder, downloaded=True)
 
 
 def test_token_is_hidden_from_repr_environment_and_log_records(tmp_path, caplog, monkeypatch):

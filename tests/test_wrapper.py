@@ -29,7 +29,7 @@ def load_wrapper():
 
 
 sw = load_wrapper()
-SITE = {**sw.DEFAULT_SITE, "data_areas": ["/home", "/scratch"], "model_root": "/site/models"}
+SITE = {**sw.load_site(None), "data_areas": ["/home", "/scratch"], "model_root": "/site/models"}
 
 
 def build(environ=None, arguments=("talk.wav",), subcommand="run", cwd="/scratch/me/project",
@@ -337,22 +337,8 @@ def test_exec_hands_over_the_process_so_signals_reach_the_program(installed_pref
             process.wait()
 
 
-@pytest.mark.parametrize("text", [
-    (ROOT / "site.example.toml").read_text(encoding="utf-8"),
-    'a = "x # not a comment" # a comment\n',
-    "[wrapper]\ndata_areas = ['/home', \"/scratch, too\"]  # two\n",
-    'a = "back\\\\slash \\"quoted\\""\n',
-    'a = """multi\nline"""\n',
-    "a.b = 1\n",
-    '[x]\nv = [\n  "a",\n]\n',
-    "a = 1_000\nb = -3\nc = 1.5\nd = 1979-05-27\n",
-    "a = 'lit\"eral'\nb = []\nc = [1, 2]\n",
-    '[site]\nname = "Ünïversität 日本"\n',
-    "[[array]]\nx = 1\n",
-])
-def test_the_quick_site_reader_agrees_with_tomllib(tmp_path, text):
-    import tomllib
+def test_offline_and_cache_variables_are_the_packages_own():
+    from whisper_hpc.runtime import OFFLINE_VARIABLES
 
-    path = tmp_path / "site.toml"
-    path.write_text(text, encoding="utf-8")
-    assert sw.read_toml(str(path)) == tomllib.loads(text)
+    assert sw.OFFLINE_VARIABLES == OFFLINE_VARIABLES
+    assert sw.CACHE_VARIABLES == CACHE_VARIABLES

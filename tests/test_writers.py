@@ -12,6 +12,8 @@ import pytest
 
 from whisper_hpc import writers
 from whisper_hpc.transcript import Segment, Transcript, Word
+from whisper_hpc import files
+from whisper_hpc.files import write_atomically
 from whisper_hpc.writers import (
     FORMATS,
     RENDERERS,
@@ -21,7 +23,6 @@ from whisper_hpc.writers import (
     render_txt,
     render_vtt,
     timestamp,
-    write_atomically,
     write_transcript,
 )
 
@@ -320,7 +321,7 @@ def test_failure_in_rename_leaves_no_partial_and_keeps_old_target(tmp_path, monk
         assert Path(source).exists() and Path(source).name.endswith(".partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writers.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError, match="No space left"):
         write_atomically(target, "new complete file\n")
     assert target.read_text(encoding="utf-8") == "old complete file\n"

@@ -12,6 +12,8 @@ from typing import Iterator
 
 import numpy as np
 
+from whisper_hpc.errors import WhisperHpcError
+
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 600.0  # audio held in memory at once; longer files are cut at quiet points
 CUT_SEARCH_SECONDS = 20.0  # where, before a window's end, to look for the quietest moment
@@ -19,7 +21,7 @@ FRAME_SECONDS = 0.1
 READ_BLOCK = 1 << 20
 
 
-class AudioError(Exception):
+class AudioError(WhisperHpcError):
     """A file we cannot turn into audio; the message names the file and what to do."""
 
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from whisper_hpc import runtime
-from whisper_hpc.options import UsageError, parse
+from whisper_hpc.errors import USAGE_EXIT, WhisperHpcError, report
+from whisper_hpc.options import parse
 
-USAGE_ERROR = 2
-
-
-def fail(message: str) -> int:
-    print(f"whisper-hpc: {message}", file=sys.stderr)
-    return USAGE_ERROR
+PROGRAM = "whisper-hpc"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,28 +24,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         from whisper_hpc.options import print_help
 
         print_help()
-        return USAGE_ERROR
-    try:
-        arguments = parse(argv)
-    except UsageError as error:
-        return fail(str(error))
+        return USAGE_EXIT
     # SIGTERM (scancel, time limit) must unwind: partial files and the run directory get removed.
     signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
-        return transcribe(arguments)
-    except UsageError as error:
-        return fail(str(error))
+        return transcribe(parse(argv))
+    except WhisperHpcError as error:
+        return report(PROGRAM, error)
     except KeyboardInterrupt:
         print("whisper-hpc: interrupted; finished transcripts are kept, the current file is not written", file=sys.stderr)
         return 130
 
 
 def transcribe(arguments) -> int:
-    from whisper_hpc.setup import build_run
+    from whisper_hpc.assemble import build_run
 
     run = build_run(arguments)
     if run is None:
-        return USAGE_ERROR
+        return USAGE_EXIT
     summary = run()
     print(summary.line(), file=sys.stderr)
     return 1 if summary.failed else 0

@@ -15,14 +15,14 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import os
 import re
-import secrets
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Sequence
 
 import numpy
+
+from whisper_hpc.files import write_atomically
 
 SUPPORTED_BINARY_VERSIONS = frozenset({6})
 SPEC_NAME = "WhisperSpec"
@@ -390,28 +390,10 @@ def alignment_heads_mask(heads: Sequence[Sequence[int]], n_text_layer: int, n_te
 # --------------------------------------------------------------------------- writer
 
 
-def _atomic_torch_save(obj: Any, output: Path) -> None:
-    """torch.save to a temp file next to ``output`` (mode 0666 & ~umask), then os.replace."""
-    import torch
-
-    temp = output.parent / f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, output)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def convert_ctranslate2_to_openai(ct2_dir: Path, output: Path, *, half: bool = True) -> Path:
-    """Write the checkpoint with torch.save atomically (temp file in the same dir +
-    os.replace); return output. ``half`` stores float16 tensors (as OpenAI ships them)."""
+    """Write the checkpoint with torch.save, atomically (files.write_atomically); return output. ``half`` stores float16 tensors (as OpenAI ships them)."""
     output = Path(output)
     checkpoint = _checkpoint(ct2_dir, numpy.dtype(numpy.float16 if half else numpy.float32))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_torch_save(checkpoint, output)
-    return output
+    import torch
+
+    return write_atomically(output, lambda stream: torch.save(checkpoint, stream))

@@ -7,10 +7,12 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from whisper_hpc.errors import WhisperHpcError
 
 
-class DeviceError(Exception):
+class DeviceError(WhisperHpcError):
     """CUDA was asked for and cannot be used; the message says why and what to do."""
 
 
@@ -25,7 +27,6 @@ class GpuReport:
     driver_cuda: str | None  # highest CUDA version the driver supports
     gpu_names: tuple[str, ...] = ()
     cudnn: str | None = None  # the cuDNN library found, if any
-    problems: tuple[str, ...] = field(default_factory=tuple)
 
 
 def gather_gpu_report() -> GpuReport:

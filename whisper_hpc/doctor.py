@@ -11,7 +11,7 @@ from whisper_hpc import runtime
 from whisper_hpc.devices import engine_cuda_status, explain_cuda_unusable, gather_gpu_report
 from whisper_hpc.engines.base import installed_version
 from whisper_hpc.model_store import list_staged
-from whisper_hpc.site import load_site, model_root, site_file
+from whisper_hpc.site import Site, SiteError, load_site, model_root
 
 NETWORK_VARIABLES = ("HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 
@@ -36,8 +36,13 @@ def doctor(argv: Sequence[str]) -> int:
     section("whisper-hpc")
     row("version", installed_version("whisper-hpc"))
     row("python", sys.version.split()[0])
-    site = load_site()
-    row("site file", site_file() or "none (built-in defaults)")
+    try:
+        site = load_site()
+        row("site file", site.described_source())
+    except SiteError as error:
+        site = Site()
+        row("site file", f"UNUSABLE, built-in defaults used: {error}")
+        problems.append(str(error))
 
     section("threads")
     row("SLURM_CPUS_PER_TASK", os.environ.get("SLURM_CPUS_PER_TASK", "unset"))
@@ -149,7 +154,5 @@ def diarization_pipelines(root) -> list[tuple[str, str]]:
             state = "ready (every file local)"
         except DiarizationError as error:
             state = f"unusable: {error}"
-        except ImportError:
-            state = "staged (not checked: PyYAML is absent)"
         rows.append((f"pipeline {directory.name}", state))
     return rows

@@ -26,6 +26,14 @@ class Job:
     def channel_base(self, channel: str | None) -> Path:
         return self.output_base if channel is None else self.output_base.with_name(f"{self.output_base.name}.{channel}")
 
+    def is_done(self, formats: tuple[str, ...], split_channels: bool = False) -> bool:
+        """Every requested transcript exists (for each channel, or the mix, when channels are split)."""
+        if split_channels:
+            left, right = self.outputs(formats, "left"), self.outputs(formats, "right")
+            if all(p.exists() for p in left + right):
+                return True
+        return all(p.exists() for p in self.outputs(formats))
+
 
 def read_file_list(path: Path) -> list[str]:
     """One path per line; blank lines and lines starting with # are ignored."""

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisper_hpc.errors import WhisperHpcError
+
 CTRANSLATE2_FILES = ("model.bin", "config.json", "tokenizer.json")
 OPENAI_CHECKPOINT = "openai-whisper.pt"
 MANIFEST = "manifest.json"
@@ -24,7 +26,7 @@ STAGING_HINT = (
 )
 
 
-class ModelNotFound(Exception):
+class ModelNotFound(WhisperHpcError):
     """A model name or path that does not lead to a usable staged model."""
 
 

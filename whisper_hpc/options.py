@@ -10,6 +10,7 @@ import difflib
 import sys
 from typing import Sequence
 
+from whisper_hpc.errors import UsageError
 from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
 
 TRUE_WORDS = ("true", "yes", "y", "on", "1")
@@ -34,10 +35,6 @@ Models are read from $WHISPER_MODELS (or the site configuration); nothing is eve
 Finished files are skipped on a second run; --overwrite redoes them.
 Exit status: 0 all done or skipped, 1 some files failed, 2 usage or set-up error.
 """
-
-
-class UsageError(Exception):
-    """A command line we cannot run; the message names the flag."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -164,6 +161,40 @@ def expand_bare_booleans(argv: Sequence[str], flags: set[str]) -> list[str]:
             if following is None or following.strip().lower() not in TRUE_WORDS + FALSE_WORDS:
                 expanded.append("True")
     return expanded
+
+
+def split_inputs(argv: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """The command line as typed, cut in two: [(flag, its value or None)] and the inputs.
+
+    A flag's value is the next token (or what follows `=`); a bare boolean flag takes the next
+    token only when it is a boolean word, as `parse` reads it.
+    """
+    parser = build_parser()
+    booleans = boolean_flags(parser)
+    valued = {o for a in parser._actions for o in a.option_strings if a.nargs != 0}
+    flags: list[tuple[str, str | None]] = []
+    inputs: list[str] = []
+    tokens = list(argv)
+    position = 0
+    while position < len(tokens):
+        token = tokens[position]
+        position += 1
+        if token == "--":
+            inputs += tokens[position:]
+            break
+        if not token.startswith("-") or token == "-":
+            inputs.append(token)
+            continue
+        name, equals, value = token.partition("=")
+        if equals:
+            flags.append((name, value))
+            continue
+        following = tokens[position] if position < len(tokens) else None
+        takes = name in valued and following is not None and (
+            name not in booleans or following.strip().lower() in TRUE_WORDS + FALSE_WORDS)
+        flags.append((name, following if takes else None))
+        position += 1 if takes else 0
+    return flags, inputs
 
 
 def closest_flag(unknown: str, parser: argparse.ArgumentParser) -> str | None:

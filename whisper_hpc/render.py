@@ -1,22 +1,35 @@
-"""Render the site's templates (modulefiles, job scripts, Open OnDemand files) from one context."""
+"""Render the site's templates (modulefiles, job scripts, Open OnDemand files) from one context.
+
+The templates are package data: whisper_hpc/templates/<folder> is the top-level folder of that
+name in a checkout (a link), and a copy of it in an installed wheel.
+"""
 
 from __future__ import annotations
 
 import shlex
+from importlib import resources
 from pathlib import Path
 
 from whisper_hpc.model_store import StagedModel, list_staged, variable_name
 from whisper_hpc.site import Site
 
-TEMPLATE_ROOT = Path(__file__).resolve().parents[1]
+
+def template_root() -> Path:
+    """The folder the templates are read from (a real folder: the package is never zipped)."""
+    return Path(str(resources.files("whisper_hpc") / "templates"))
 
 
-def environment(search_path: Path = TEMPLATE_ROOT):
+def template_text(name: str) -> str:
+    """A template's text, by its path under the templates folder (e.g. wrapper/singularity_wrapper)."""
+    return (resources.files("whisper_hpc") / "templates" / name).read_text(encoding="utf-8")
+
+
+def environment():
     """A Jinja2 environment that refuses undefined names and offers shell and Lua quoting."""
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(search_path)),
+        loader=jinja2.FileSystemLoader(str(template_root())),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -46,6 +59,6 @@ def site_context(site: Site, models: list[StagedModel] | None = None) -> dict:
     }
 
 
-def render(template: str, context: dict, search_path: Path = TEMPLATE_ROOT) -> str:
-    """Render `template` (a path relative to the project root, e.g. modulefiles/whisper.lua.j2)."""
-    return environment(search_path).get_template(template).render(**context)
+def render(template: str, context: dict) -> str:
+    """Render `template` (a path under the templates folder, e.g. modulefiles/whisper.lua.j2)."""
+    return environment().get_template(template).render(**context)

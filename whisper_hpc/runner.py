@@ -45,14 +45,8 @@ def channel_names(count: int) -> list[str]:
 
 
 def is_finished(job: Job, settings: RunSettings) -> bool:
-    """All requested transcripts exist (for every channel, when channels are split)."""
-    if settings.overwrite or not settings.skip_existing:
-        return False
-    if settings.split_channels:
-        left, right = job.outputs(settings.formats, "left"), job.outputs(settings.formats, "right")
-        mono = job.outputs(settings.formats)
-        return all(p.exists() for p in left + right) or all(p.exists() for p in mono)
-    return all(p.exists() for p in job.outputs(settings.formats))
+    """Nothing to do for `job`: its transcripts exist, and the run keeps existing ones."""
+    return settings.skip_existing and not settings.overwrite and job.is_done(settings.formats, settings.split_channels)
 
 
 def run_jobs(

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
+from whisper_hpc.files import write_atomically
 from whisper_hpc.transcript import Segment, Transcript
 
 FORMATS = ("txt", "vtt", "srt", "tsv", "json")
@@ -88,28 +87,6 @@ RENDERERS: dict[str, Callable[[Transcript], str]] = {
 }
 # The diarization itself, not the transcript: written beside it when the run has speakers.
 SPEAKER_RENDERERS: dict[str, Callable[[Transcript], str]] = {"rttm": render_rttm}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~current_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_transcript(transcript: Transcript, base: Path, formats: tuple[str, ...]) -> list[Path]:

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Sequence
 
 from whisper_hpc.batch import plan, slurm
-from whisper_hpc.batch.manifest import Manifest, ManifestError, find_by_job, manifest_path, new_name
-from whisper_hpc.batch.request import Parser, Refusal, Request, batch_parser, engine_arguments, explicit_settings, \
-    parse_request
+from whisper_hpc.batch.manifest import Manifest, find_by_job, manifest_path, new_name
+from whisper_hpc.batch.request import Parser, Refusal, Request, batch_parser, explicit_settings, parse_request
 from whisper_hpc.batch.schedule import ArrayPlan, describe, plan_array, probe_durations, render_script, say
-from whisper_hpc.batch.selection import NamingError, group_key, groups, outputs_exist, select, whole_groups
+from whisper_hpc.batch.selection import group_key, groups, select, whole_groups
+from whisper_hpc.errors import WhisperHpcError
 
 USAGE = """\
 usage:
@@ -58,46 +58,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return handler(argv[1:])
-    except (Refusal, ManifestError, NamingError, slurm.SlurmError) as error:
+    except WhisperHpcError as error:
         say(str(error))
-        return 2
+        return error.exit_code
 
 
 # ---- submit / run / resume ----------------------------------------------------------------------
 
 def new_manifest(request: Request) -> Manifest:
-    model = request.model
+    wanted = request.transcription
     try:
-        entries = select(request.paths, request.output_dir)
+        entries = select(list(wanted.inputs), wanted.output_dir)
     except ValueError as error:
-        raise Refusal(str(error))
+        raise Refusal(str(error)) from None
     if not entries:
-        raise Refusal(f"no input files: {', '.join(request.paths)} hold no audio or video files")
+        raise Refusal(f"no input files: {', '.join(wanted.inputs)} hold no audio or video files")
     name = new_name()
-    namespace = request.namespace
     return Manifest(
-        path=manifest_path(request.output_dir, name),
+        path=manifest_path(wanted.output_dir, name),
         name=name,
-        output_dir=str(request.output_dir),
-        engine_args=engine_arguments(namespace, model.name),
-        formats=list(request.formats),
-        split_channels=bool(namespace.split_channels),
-        overwrite=bool(namespace.overwrite or not namespace.skip_existing),
-        model=model.name,
+        output_dir=str(wanted.output_dir),
+        engine_args=request.engine_args,
+        formats=list(wanted.formats),
+        split_channels=wanted.split_channels,
+        overwrite=wanted.redo,
+        model=wanted.model.name,
         entries=entries,
     )
-
-
-def not_done(manifest: Manifest) -> list[int]:
-    formats = tuple(manifest.formats)
-    return [i for i, e in enumerate(manifest.entries)
-            if not outputs_exist(e, formats, manifest.split_channels, manifest.since)]
 
 
 def new_work(request: Request, verb: str) -> tuple[Manifest, list[int], int] | None:
     """(manifest, the files not done, how many are done), or None, said, when all are done."""
     manifest = new_manifest(request)
-    todo = not_done(manifest)
+    todo = manifest.unfinished()
     if not todo:
         print(f"nothing to {verb}: all {len(manifest.entries)} files are done (pass --overwrite True to redo them)")
         return None
@@ -120,7 +113,7 @@ def submit(argv: Sequence[str]) -> int:
         raise Refusal("sbatch not found: submit from a login node with Slurm, or use `whisper-batch run` inside a job")
     everything = to_run(manifest, todo)
     probe_durations(manifest, everything)
-    array = plan_array(manifest, everything, request.namespace, request.model.path, request.site, request.settings)
+    array = plan_array(manifest, everything, request.transcription, request.settings)
     return send(manifest, array, len(todo), request.dry_run, skipped, new=True)
 
 
@@ -191,9 +184,9 @@ def run(argv: Sequence[str]) -> int:
 
 
 def resume(argv: Sequence[str]) -> int:
+    from whisper_hpc.assemble import check_request
     from whisper_hpc.batch.status import file_statuses
-    from whisper_hpc.options import UsageError, parse
-    from whisper_hpc.setup import checked_site, staged_model
+    from whisper_hpc.options import parse
 
     batch, rest = batch_parser().parse_known_args(list(argv))
     flags = [a for a in rest if a.startswith("-")]
@@ -218,15 +211,14 @@ def resume(argv: Sequence[str]) -> int:
         print(f"nothing to resume: {done} of {len(statuses)} files done, {len(live)} still queued or running")
         return 0
     try:
-        namespace = parse(manifest.engine_args)
-        site = checked_site()
-        model_path = staged_model(namespace, site)[1].path
-    except UsageError as error:
-        raise Refusal(f"{manifest.path}: {error}")
+        transcription = check_request(parse([*manifest.engine_args, "--output_dir", manifest.output_dir]),
+                                      create_output=False, need_inputs=False)
+    except WhisperHpcError as error:
+        raise Refusal(f"{manifest.path}: {error}") from None
     previous = manifest.submissions[-1].resources.get("settings", {}) if manifest.submissions else {}
     settings = {**previous, **explicit_settings(batch)}
     probe_durations(manifest, todo)
-    array = plan_array(manifest, todo, namespace, model_path, site, settings)
+    array = plan_array(manifest, todo, transcription, settings)
     if live:
         say(f"{len(live)} files are still queued or running in earlier jobs and are left to them")
     done = sum(1 for s in statuses if s.state == "done")

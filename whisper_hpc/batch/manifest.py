@@ -16,14 +16,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from whisper_hpc.batch.selection import Entry
-from whisper_hpc.writers import write_atomically
+from whisper_hpc.batch.selection import Entry, outputs_exist
+from whisper_hpc.errors import WhisperHpcError
+from whisper_hpc.files import write_atomically
 
 STATE_DIR = ".whisper-batch"
 FORMAT_VERSION = 1
 
 
-class ManifestError(Exception):
+class ManifestError(WhisperHpcError):
     """A manifest that cannot be read; the message names it."""
 
 
@@ -71,6 +72,13 @@ class Manifest:
     def since(self) -> float | None:
         """For an --overwrite batch, transcripts older than the batch do not count as done."""
         return self.created if self.overwrite else None
+
+    def is_done(self, index: int) -> bool:
+        return outputs_exist(self.entries[index], tuple(self.formats), self.split_channels, self.since)
+
+    def unfinished(self) -> list[int]:
+        """The indices of the files whose transcripts are not all written yet."""
+        return [i for i in range(len(self.entries)) if not self.is_done(i)]
 
     def result_path(self, submission: int, task: int) -> Path:
         return self.work_dir / f"results-{submission}-{task}.json"
@@ -134,15 +142,39 @@ def manifest_path(output_dir: Path, name: str) -> Path:
     return output_dir / STATE_DIR / f"{name}.json"
 
 
-def write_result(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(record, indent=1) + "\n")
+@dataclass
+class TaskResult:
+    """What one array task (or one chunk of a `run`) did: results-S-T.json, written by the task."""
+
+    submission: int
+    task: int
+    state: str = "running"  # running, finished, terminated
+    host: str = ""
+    pid: int | None = None
+    job_id: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    exit_codes: list[int] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # file index (as text) -> whisper-hpc's reason
+    task_error: str | None = None  # why the whole task could not run
+    engine: list[str] = field(default_factory=list)  # how whisper-hpc was started
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
 
 
-def read_result(path: Path) -> dict | None:
+def write_result(path: Path, result: TaskResult) -> None:
+    write_atomically(path, json.dumps(asdict(result), indent=1) + "\n")
+
+
+def read_result(path: Path) -> TaskResult | None:
+    """The task's result, or None when it wrote none (or a damaged one)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {name: data[name] for name in TaskResult.__dataclass_fields__ if name in data}
+        return TaskResult(**known)
+    except (OSError, ValueError, TypeError, KeyError):
         return None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from whisper_hpc import sizing
 from whisper_hpc.batch import plan, slurm
+from whisper_hpc.files import write_atomically
 from whisper_hpc.batch.manifest import Manifest
-from whisper_hpc.batch.request import Refusal, runs_pipeline
+from whisper_hpc.batch.request import Refusal, TranscriptionRequest
 from whisper_hpc.batch.selection import absolute, groups, invocations
 
 DEFAULT_CPUS = 2
@@ -48,29 +49,29 @@ def probe_durations(manifest: Manifest, indices: Sequence[int]) -> None:
         say(f"warning: {len(problems) - 10} more files ffprobe cannot read")
 
 
-def workload(manifest: Manifest, namespace: argparse.Namespace, model_path: Path, settings: dict) -> plan.Workload:
-    weights = model_path / "model.bin"
-    parameters, _ = plan.model_parameters_m(manifest.model, weights.stat().st_size if weights.is_file() else None)
-    return plan.Workload(
+def workload(manifest: Manifest, request: TranscriptionRequest, settings: dict) -> sizing.Workload:
+    weights = request.model.path / "model.bin"
+    parameters, _ = sizing.model_parameters_m(manifest.model, weights.stat().st_size if weights.is_file() else None)
+    return sizing.Workload(
         parameters_m=parameters,
-        backend=namespace.backend,
-        compute_type=None if namespace.compute_type in ("default", "auto") else namespace.compute_type,
-        gpu=gpus_wanted(namespace, settings) > 0,
-        threads=cpus_wanted(namespace, settings),
-        diarize=runs_pipeline(namespace),
+        backend=request.backend,
+        compute_type=request.compute_type,
+        gpu=gpus_wanted(request, settings) > 0,
+        threads=cpus_wanted(request, settings),
+        diarize=request.diarize,
     )
 
 
-def gpus_wanted(namespace: argparse.Namespace, settings: dict) -> int:
+def gpus_wanted(request: TranscriptionRequest, settings: dict) -> int:
     if "gpus" in settings:
         return settings["gpus"]
-    return 1 if str(namespace.device).lower().startswith("cuda") else 0
+    return 1 if request.device == "cuda" else 0
 
 
-def cpus_wanted(namespace: argparse.Namespace, settings: dict) -> int:
+def cpus_wanted(request: TranscriptionRequest, settings: dict) -> int:
     if "cpus" in settings:
         return settings["cpus"]
-    return namespace.threads if namespace.threads > 0 else DEFAULT_CPUS
+    return request.threads or DEFAULT_CPUS
 
 
 def gres(site_gres: str, gpus: int) -> str:
@@ -93,11 +94,11 @@ class ArrayPlan:
     settings: dict
 
 
-def plan_array(manifest: Manifest, indices: Sequence[int], namespace, model_path: Path, site,
-               settings: dict) -> ArrayPlan:
-    work = workload(manifest, namespace, model_path, settings)
-    cap = plan.parse_time(site.max_time)
-    throttle = settings.get("throttle") or site.array_throttle
+def plan_array(manifest: Manifest, indices: Sequence[int], request: TranscriptionRequest, settings: dict) -> ArrayPlan:
+    site = request.site
+    work = workload(manifest, request, settings)
+    cap = sizing.parse_time(site.slurm.max_time)
+    throttle = settings.get("throttle") or site.slurm.array_throttle
     seconds = {i: work.file_seconds(manifest.entries[i].duration) for i in indices}
     target = plan.target_task_seconds(sum(seconds.values()), throttle, cap)
     grouped = groups(manifest.entries, indices)
@@ -112,19 +113,19 @@ def plan_array(manifest: Manifest, indices: Sequence[int], namespace, model_path
         work.task_seconds([manifest.entries[i].duration for i in chunk], loads=len(invocations(manifest.entries, chunk)))
         for chunk in tasks
     ]
-    limit = plan.parse_time(settings["time"]) if "time" in settings else plan.time_limit_seconds(max(estimates), cap)
+    limit = sizing.parse_time(settings["time"]) if "time" in settings else sizing.time_limit_seconds(max(estimates), cap)
     if cap and max(estimates) > cap:
-        say(f"warning: the longest task may need {plan.format_time(int(max(estimates)))}, more than the site "
-            f"limit {site.max_time}; pass a smaller --chunk_size (resume finishes whatever a time-out leaves)")
+        say(f"warning: the longest task may need {sizing.format_time(int(max(estimates)))}, more than the site "
+            f"limit {site.slurm.max_time}; pass a smaller --chunk_size (resume finishes whatever a time-out leaves)")
     request = slurm.ArrayRequest(
         tasks=len(tasks),
         throttle=throttle,
-        memory=settings.get("mem") or plan.format_memory(work.memory_mb()),
-        time=plan.format_time(limit),
-        cpus=cpus_wanted(namespace, settings),
-        partition=settings.get("partition", site.partition),
-        account=settings.get("account", site.account),
-        gres=gres(site.gpu_gres, gpus_wanted(namespace, settings)),
+        memory=settings.get("mem") or sizing.format_memory(work.memory_mb()),
+        time=sizing.format_time(limit),
+        cpus=cpus_wanted(request, settings),
+        partition=settings.get("partition", site.slurm.partition),
+        account=settings.get("account", site.slurm.account),
+        gres=gres(site.slurm.gpu_gres, gpus_wanted(request, settings)),
         mail_user=settings.get("mail_user", ""),
         mail_type=settings.get("mail_type", ""),
     )
@@ -141,20 +142,10 @@ def batch_command() -> list[str]:
 
 
 def render_script(manifest: Manifest, submission: int) -> Path:
-    import jinja2
-
     from whisper_hpc.render import render
 
-    try:
-        text = render(TEMPLATE, {"modules": [], "batch_command": batch_command(), "submission": submission,
-                                 "manifest": str(manifest.path)})
-    except jinja2.TemplateNotFound:
-        raise Refusal(f"the job template {TEMPLATE} is not installed; reinstall whisper-hpc (make install)")
-    path = manifest.script_path(submission)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    path.chmod(0o755)
-    return path
+    text = render(TEMPLATE, {"batch_command": batch_command(), "submission": submission, "manifest": str(manifest.path)})
+    return write_atomically(manifest.script_path(submission), text, mode=0o755)
 
 
 def describe(plan_: ArrayPlan, manifest: Manifest, count: int) -> str:
@@ -164,5 +155,5 @@ def describe(plan_: ArrayPlan, manifest: Manifest, count: int) -> str:
              + (f" --gres={r.gres}" if r.gres else "")]
     for number, (chunk, estimate) in enumerate(zip(plan_.tasks, plan_.estimates)):
         audio = sum(manifest.entries[i].duration or 0.0 for i in chunk)
-        lines.append(f"  task {number}: {len(chunk)} files, {audio:.0f} s of audio, estimated {plan.format_time(int(estimate))}")
+        lines.append(f"  task {number}: {len(chunk)} files, {audio:.0f} s of audio, estimated {sizing.format_time(int(estimate))}")
     return "\n".join(lines)

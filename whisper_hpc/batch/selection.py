@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.inputs import Job, collect_jobs, output_stem
-from whisper_hpc.runner import RunSettings, is_finished
 
 # Characters str.splitlines() breaks on: a path holding one cannot go into a --file_list.
 LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")
 
 
-class NamingError(Exception):
+class NamingError(WhisperHpcError):
     """Transcript names that cannot work: two inputs sharing one, or a chunk run naming differently."""
 
 
@@ -119,7 +119,7 @@ def list_safe(path: str) -> bool:
 def outputs_exist(entry: Entry, formats: tuple[str, ...], split_channels: bool, since: float | None = None) -> bool:
     """All requested transcripts exist (and, for an --overwrite batch, were written after `since`)."""
     job = entry.job()
-    if not is_finished(job, RunSettings(formats=formats, split_channels=split_channels)):
+    if not job.is_done(formats, split_channels):
         return False
     if since is None:
         return True

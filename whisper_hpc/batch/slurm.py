@@ -11,6 +11,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisper_hpc.errors import WhisperHpcError
+
 QUEUED = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
                     "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING"})
 RUNNING = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT"})
@@ -18,7 +20,7 @@ LIVE = QUEUED | RUNNING
 FIELD_SEPARATOR = "\x1f"  # never in a state; stands between sacct fields
 
 
-class SlurmError(Exception):
+class SlurmError(WhisperHpcError):
     """A Slurm command that is missing or failed; the message is one line."""
 
 

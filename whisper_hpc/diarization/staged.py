@@ -3,7 +3,10 @@
     ROOT/diarization/<name>/config.yaml   (community-1: ROOT/diarization/community-1/)
 
 Only the standard library and PyYAML: a missing or incomplete pipeline is reported at set-up,
-in one line, before any model is loaded.
+in one line, before any model is loaded. `whisper-models fetch` checks a downloaded pipeline
+with the same `check_pipeline`, and stricter rules: pyannote resolves `$model/sub` against the
+config's folder, while any other reference would make jobs go online (or read the working
+directory), and pyannote imports and calls whatever `preprocessors` names.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from pathlib import Path
 
 from whisper_hpc.diarization import DiarizationError
+from whisper_hpc.errors import first_line
 
 DIARIZATION_DIR = "diarization"
 DEFAULT_PIPELINE = "community-1"
@@ -86,16 +90,14 @@ def resolve_pipeline(spec: str | None, model_root: Path) -> Path:
     )
 
 
-def read_config(directory: Path) -> dict:
+def read_config(directory: Path, hint: str = STAGING_HINT) -> dict:
     import yaml
 
     if not directory.is_dir():
-        raise DiarizationError(f"diarization pipeline {directory} does not exist; {STAGING_HINT}")
+        raise DiarizationError(f"diarization pipeline {directory} does not exist; {hint}")
     path = directory / CONFIG
     if not path.is_file():
-        raise DiarizationError(
-            f"diarization pipeline {directory} is incomplete: {CONFIG} is missing; {STAGING_HINT}"
-        )
+        raise DiarizationError(f"diarization pipeline {directory} is incomplete: {CONFIG} is missing; {hint}")
     try:
         config = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -105,37 +107,42 @@ def read_config(directory: Path) -> dict:
     return config
 
 
-def first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-def check_pipeline(directory: Path) -> dict:
+def check_pipeline(directory: Path, downloaded: bool = False) -> dict:
     """The pipeline's config, if every model it names is a local file that exists.
 
     Raises DiarizationError listing every missing file and every reference that would go to
-    the Hugging Face hub (which whisper-hpc never contacts).
+    the Hugging Face hub (which whisper-hpc never contacts). A `downloaded` pipeline (from the
+    hub, by whisper-models fetch) must also be pyannote's own code, with every reference inside
+    its folder.
     """
-    config = read_config(directory)
+    config = read_config(directory, "not a pyannote pipeline repository" if downloaded else STAGING_HINT)
     name = str(config["pipeline"]["name"])
     params = config["pipeline"].get("params") or {}
     if not isinstance(params, dict):
         raise DiarizationError(f"{directory / CONFIG}: pipeline.params must be a mapping")
     problems = []
+    if downloaded and not name.startswith("pyannote.audio.pipelines."):
+        problems.append(f"pipeline.name {name!r} is not a pyannote.audio pipeline")
     required = REQUIRED_KEYS.get(name, MODEL_KEYS if name in PYANNOTE_DIARIZATION else ())
     for key in required:
         if key not in params:
             problems.append(f"no pipeline.params.{key} entry (pyannote would fetch one from the hub)")
     for key, value in params.items():
         if key in MODEL_KEYS or (isinstance(value, str) and (value.startswith(MODEL_PREFIX) or HUB_ID.match(value))):
-            problem = check_reference(directory, key, value)
+            problem = check_reference(directory, key, value, inside_only=downloaded)
             if problem:
                 problems.append(problem)
+    if downloaded:
+        for key, item in (config.get("preprocessors") or {}).items():
+            called = str(item.get("name", "")) if isinstance(item, dict) else ""
+            if not called.startswith("pyannote."):
+                problems.append(f"preprocessors.{key} calls {called!r}, which is not part of pyannote")
     if problems:
         raise DiarizationError(f"diarization pipeline {directory} cannot be used offline: " + "; ".join(problems))
     return config
 
 
-def check_reference(directory: Path, key: str, value: object) -> str | None:
+def check_reference(directory: Path, key: str, value: object, inside_only: bool = False) -> str | None:
     """What is wrong with one model reference in config.yaml, or None."""
     if isinstance(value, dict):
         checkpoint, subfolder = value.get("checkpoint"), value.get("subfolder")
@@ -148,6 +155,8 @@ def check_reference(directory: Path, key: str, value: object) -> str | None:
         relative = value[len(MODEL_PREFIX):].split("@")[0]
         return missing_files(directory, key, directory / relative, f"{relative}")
     if Path(value).is_absolute():
+        if inside_only:
+            return f"pipeline.params.{key} = '{value}' is outside the pipeline folder; write {MODEL_PREFIX}..."
         return missing_files(directory, key, Path(value), value)
     if HUB_ID.match(value) and not (Path.cwd() / value).exists():
         return (

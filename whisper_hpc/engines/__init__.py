@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from whisper_hpc.engines.base import DecodeOptions, Engine, EngineError, LoadedModel
+from whisper_hpc.engines.base import DecodeOptions, Engine, EngineError, ModelRequest
 
 BACKENDS = ("faster-whisper", "openai-whisper")
 
 
-def load_engine(backend: str, model: LoadedModel, notice=print) -> Engine:
+def load_engine(backend: str, model: ModelRequest, notice=print) -> Engine:
     """Instantiate the engine for `backend` (this is where torch / ctranslate2 get imported)."""
     if backend == "faster-whisper":
         from whisper_hpc.engines.faster_whisper_engine import FasterWhisperEngine
@@ -20,4 +20,4 @@ def load_engine(backend: str, model: LoadedModel, notice=print) -> Engine:
     raise EngineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "DecodeOptions", "Engine", "EngineError", "LoadedModel", "load_engine"]
+__all__ = ["BACKENDS", "DecodeOptions", "Engine", "EngineError", "ModelRequest", "load_engine"]

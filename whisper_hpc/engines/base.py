@@ -8,17 +8,18 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.model_store import StagedModel
 from whisper_hpc.transcript import Segment
 
 
-class EngineError(Exception):
+class EngineError(WhisperHpcError):
     """A model or device problem; the message says what to do."""
 
 
 @dataclass(frozen=True)
-class LoadedModel:
-    """Which model to load, where, and how."""
+class ModelRequest:
+    """A request to load a model: which staged model, on which device, how (the engine does the loading)."""
 
     staged: StagedModel
     device: str  # "cpu" or "cuda"

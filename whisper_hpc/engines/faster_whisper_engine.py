@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, LoadedModel, Notice, package_versions
+from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions
 from whisper_hpc.transcript import Segment, Word
 
 
 class FasterWhisperEngine:
     name = "faster-whisper"
 
-    def __init__(self, model: LoadedModel, notice: Notice) -> None:
+    def __init__(self, model: ModelRequest, notice: Notice) -> None:
         directory = model.staged.ctranslate2_dir
         if directory is None:
             raise EngineError(

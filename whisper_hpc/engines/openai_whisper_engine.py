@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, LoadedModel, Notice, package_versions
+from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions
 from whisper_hpc.transcript import Segment, Word
 
 FP16_TYPES = {"float16", "int8_float16"}
@@ -16,7 +16,7 @@ FP16_TYPES = {"float16", "int8_float16"}
 class OpenAIWhisperEngine:
     name = "openai-whisper"
 
-    def __init__(self, model: LoadedModel, notice: Notice) -> None:
+    def __init__(self, model: ModelRequest, notice: Notice) -> None:
         import torch
 
         self.notice = notice
@@ -32,7 +32,7 @@ class OpenAIWhisperEngine:
         self.model = load_checkpoint(checkpoint, model.staged.name, model.device)
         self.multilingual = self.model.is_multilingual
 
-    def checkpoint_path(self, model: LoadedModel) -> Path:
+    def checkpoint_path(self, model: ModelRequest) -> Path:
         found = model.staged.openai_checkpoint
         if found is not None:
             return found

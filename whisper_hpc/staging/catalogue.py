@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from whisper_hpc.errors import WhisperHpcError
+
 CATALOGUE_VARIABLE = "WHISPER_HPC_CATALOGUE"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -28,7 +30,7 @@ REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 CTRANSLATE2_PATTERNS = ("config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*")
 
 
-class CatalogueError(Exception):
+class CatalogueError(WhisperHpcError):
     """A catalogue that cannot be used; the message names the file and the entry."""
 
 

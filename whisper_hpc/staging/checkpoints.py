@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from whisper_hpc.model_store import OPENAI_CHECKPOINT, StagedModel
-from whisper_hpc.staging.manifest import write_manifest
+from whisper_hpc.staging.checksums import write_manifest
 from whisper_hpc.staging.tree import TreeError, make_read_only, make_writable
 
 

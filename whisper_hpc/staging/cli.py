@@ -13,27 +13,16 @@ from pathlib import Path
 from typing import Sequence
 
 from whisper_hpc import runtime
-from whisper_hpc.model_store import ModelNotFound, resolve_model
-from whisper_hpc.site import SiteError, model_root
+from whisper_hpc.errors import UsageError, WhisperHpcError
+from whisper_hpc.model_store import resolve_model
+from whisper_hpc.site import model_root
 from whisper_hpc.staging.catalogue import NAME, CatalogueError, load_catalogue
-from whisper_hpc.staging.credentials import TOKEN_VARIABLE, TokenError, read_token, redactor, scrub_all_logging
-from whisper_hpc.staging.fetch import FetchError, FetchOptions, fetch_entry
-from whisper_hpc.staging.hub import HubError
-from whisper_hpc.staging.download import DownloadError
-from whisper_hpc.staging.manifest import ManifestError
-from whisper_hpc.staging.packages import PackageError
-from whisper_hpc.staging.pipeline_config import PipelineConfigError
+from whisper_hpc.staging.credentials import TOKEN_VARIABLE, read_token, redactor, scrub_all_logging
+from whisper_hpc.staging.fetch import FetchOptions, fetch_entry
 from whisper_hpc.staging.tree import DIARIZATION, STAGING, TreeError, discard, inside, remove_tree
 from whisper_hpc.staging.verify import staged_path
 
 PROG = "whisper-models"
-# Failures of one model: reported, the next model is still done, exit code 1.
-MODEL_FAILURES = (FetchError, HubError, DownloadError, TreeError, PipelineConfigError, ManifestError, PackageError,
-                  ModelNotFound, OSError)
-
-
-class UsageError(Exception):
-    pass
 
 
 def say(line: str) -> None:
@@ -93,13 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = (Path(arguments.root) if arguments.root else model_root()).absolute()
         runtime.start_run()
         return COMMANDS[arguments.command](arguments, root)
-    except (UsageError, CatalogueError, TokenError, SiteError) as error:
+    except WhisperHpcError as error:
         warn(f"{PROG}: {error}")
-        return 2
+        return error.exit_code
     except BrokenPipeError:  # `whisper-models list | head`
         sys.stdout = open(os.devnull, "w")
         return 1
-    except MODEL_FAILURES as error:
+    except OSError as error:
         warn(f"{PROG}: {error}")
         return 1
     except KeyboardInterrupt:
@@ -195,12 +184,12 @@ def remove(name: str, root: Path) -> None:
 
 
 def for_each(items, action) -> int:
-    """Do `action` on every item; a failure is reported and the others still run."""
+    """Do `action` on every item; a failure is reported and the others still run (exit status 1)."""
     status = 0
     for item in items:
         try:
             action(item)
-        except MODEL_FAILURES as error:
+        except (WhisperHpcError, OSError) as error:
             label = getattr(item, "name", item)
             warn(f"{PROG}: {label}: {error}")
             status = 1

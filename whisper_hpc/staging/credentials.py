@@ -12,11 +12,13 @@ import os
 import stat
 from pathlib import Path
 
+from whisper_hpc.errors import WhisperHpcError
+
 TOKEN_VARIABLE = "HF_TOKEN"
 HIDDEN = "<hidden token>"
 
 
-class TokenError(Exception):
+class TokenError(WhisperHpcError):
     """A token that cannot be used; the message never contains the token."""
 
 

@@ -12,7 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from whisper_hpc.staging.manifest import sha256_file
+from whisper_hpc.errors import WhisperHpcError
+from whisper_hpc.files import sha256_file
 
 CHUNK = 1 << 20
 PARTIAL_SUFFIX = ".partial"
@@ -20,8 +21,10 @@ USER_AGENT = "whisper-models (whisper-hpc)"
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-class DownloadError(Exception):
+class DownloadError(WhisperHpcError):
     """The file could not be fetched; the message names the address and what to do."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 class ChecksumMismatch(DownloadError):

@@ -13,18 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from whisper_hpc.diarization.staged import check_pipeline
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc import runtime
 from whisper_hpc.model_store import CTRANSLATE2_FILES, MANIFEST, OPENAI_CHECKPOINT
 from whisper_hpc.staging import hub
 from whisper_hpc.staging.catalogue import PipelineEntry, WhisperEntry, check_download_url
 from whisper_hpc.staging.credentials import Token
 from whisper_hpc.staging.download import PARTIAL_SUFFIX, download_verified
-from whisper_hpc.staging.manifest import write_manifest
-from whisper_hpc.staging.pipeline_config import check_pipeline_dir
+from whisper_hpc.staging.checksums import write_manifest
 from whisper_hpc.staging.tree import DIARIZATION, ensure_root, exclusive, publish, staging_dir, tree_size
 
-class FetchError(Exception):
+class FetchError(WhisperHpcError):
     """A fetch that cannot go on; the message names the model and what to do."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 @dataclass
@@ -125,7 +128,7 @@ def _stage_pipeline(entry: PipelineEntry, work: Path, options: FetchOptions) -> 
     source = _hub_files(entry.repo, revision, work, options, token=token, ignore=list(entry.ignore_patterns))
     if entry.license:
         source["license"] = entry.license
-    check_pipeline_dir(work)
+    check_pipeline(work, downloaded=True)
     return f"pyannote pipeline {entry.repo}@{source['commit'][:12]}", [source]
 
 

@@ -16,14 +16,18 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.staging.credentials import Token, redactor
-from whisper_hpc.staging.manifest import git_blob_sha1, sha256_file, tree_files
+from whisper_hpc.files import sha256_file
+from whisper_hpc.staging.checksums import git_blob_sha1, tree_files
 
 BOOKKEEPING = ".cache"  # huggingface_hub's metadata folder inside local_dir
 
 
-class HubError(Exception):
+class HubError(WhisperHpcError):
     """The hub refused or could not be reached; the message says what to do (and never holds a token)."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 class HubChecksumError(HubError):

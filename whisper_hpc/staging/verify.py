@@ -7,7 +7,7 @@ from typing import Callable
 
 from whisper_hpc.model_store import list_staged
 from whisper_hpc.staging.listing import human, staged_pipelines
-from whisper_hpc.staging.manifest import ManifestError, check_tree, read_manifest
+from whisper_hpc.staging.checksums import ChecksumError, check_tree, read_manifest
 from whisper_hpc.staging.tree import DIARIZATION
 
 
@@ -39,7 +39,7 @@ def verify(root: Path, names: list[str], *, hashes: bool = True, say: Callable[[
     for path in filter(None, targets):
         try:
             manifest = read_manifest(path)
-        except ManifestError as error:
+        except ChecksumError as error:
             warn(f"{path.name}: {error}")
             failed = True
             continue

@@ -1,4 +1,4 @@
-"""manifest.json: every file of a staged model with its size and SHA-256, and where it came from."""
+"""A staged model's manifest.json: every file with its size and SHA-256, and where it came from."""
 
 from __future__ import annotations
 
@@ -10,18 +10,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc import __version__
+from whisper_hpc.files import BLOCK, sha256_file, write_atomically
 from whisper_hpc.model_store import MANIFEST
 
-BLOCK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def git_blob_sha1(path: Path) -> str:
@@ -58,14 +51,14 @@ def write_manifest(directory: Path, origin: str, sources: list[dict] | None = No
             for relative in tree_files(directory)
         },
     }
-    temporary = directory / f".{MANIFEST}.{os.getpid()}.tmp"
-    temporary.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, directory / MANIFEST)
+    write_atomically(directory / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
-class ManifestError(Exception):
+class ChecksumError(WhisperHpcError):
     """A manifest that is missing or unreadable."""
+
+    exit_code = 1  # one model failed; the others are still done
 
 
 def read_manifest(directory: Path) -> dict:
@@ -73,11 +66,11 @@ def read_manifest(directory: Path) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ManifestError(f"{path} is missing (not staged by whisper-models?)")
+        raise ChecksumError(f"{path} is missing (not staged by whisper-models?)")
     except (OSError, ValueError) as error:
-        raise ManifestError(f"{path} cannot be read: {error}")
+        raise ChecksumError(f"{path} cannot be read: {error}")
     if not isinstance(manifest.get("files"), dict):
-        raise ManifestError(f"{path} lists no files")
+        raise ChecksumError(f"{path} lists no files")
     return manifest
 
 

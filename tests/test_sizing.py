@@ -1,0 +1,111 @@
+"""The one sizing module: Slurm's time and memory syntax, the workload model, one rounding rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_hpc import sizing
+
+# ---- Slurm time and memory ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("30", 1800), ("05:30", 330), ("01:00:00", 3600), ("1-00", 86400), ("2-03:04", 2 * 86400 + 3 * 3600 + 240),
+    ("1-02:03:04", 86400 + 7384), ("24:00:00", 86400),
+])
+def test_slurm_times_parse(text, seconds):
+    assert sizing.parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["UNLIMITED", "infinite", ""])
+def test_unlimited_time_is_none(text):
+    assert sizing.parse_time(text) is None
+
+
+@pytest.mark.parametrize("text", ["1h", "1:2:3:4", "abc", "-5"])
+def test_bad_times_are_refused(text):
+    with pytest.raises(ValueError, match="not a Slurm time"):
+        sizing.parse_time(text)
+
+
+def test_time_formatting_round_trips():
+    for seconds in (60, 3599, 86399, 86400 + 61, 3 * 86400):
+        assert sizing.parse_time(sizing.format_time(seconds)) == seconds
+    assert sizing.format_time(90061) == "1-01:01:01"
+
+
+@pytest.mark.parametrize("text, megabytes", [("4G", 4096), ("4000M", 4000), ("4000", 4000), ("2048K", 2), ("1T", 1048576), ("8gb", 8192)])
+def test_memory_sizes(text, megabytes):
+    assert sizing.parse_memory(text) == megabytes
+
+
+@pytest.mark.parametrize("text", ["4.5G", "lots", "0", "-1G"])
+def test_bad_memory_refused(text):
+    with pytest.raises(ValueError):
+        sizing.parse_memory(text)
+
+
+def test_memory_formatting():
+    assert sizing.format_memory(2048) == "2G"
+    assert sizing.format_memory(1280) == "1280M"
+
+
+# ---- model size, memory, time -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, parameters", [
+    ("tiny.en", 39), ("tiny", 39), ("base.en", 74), ("small", 244), ("medium.en", 769), ("large-v3", 1550),
+    ("large-v3-turbo", 809), ("distil-large-v3", 756), ("my-finetuned-medium", 769),
+])
+def test_model_parameters_from_name(name, parameters):
+    assert sizing.model_parameters_m(name) == (parameters, True)
+
+
+def test_unknown_model_sized_from_its_file_else_assumed_large():
+    assert sizing.model_parameters_m("custom", model_bin_bytes=200_000_000) == (100.0, False)
+    assert sizing.model_parameters_m("custom") == (sizing.UNKNOWN_MODEL_PARAMETERS_M, False)
+
+
+def test_memory_grows_with_model_and_covers_what_was_measured():
+    sizes = [sizing.Workload(sizing.MODEL_PARAMETERS_M[m]).memory_mb() for m in ("tiny", "base", "small", "medium", "large")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    # Peak RSS measured here (docs/batch.rst): tiny.en int8 266 MB, base int8 327 MB, base float32 623 MB,
+    # openai-whisper tiny.en 674 MB. The request must exceed each by a margin.
+    assert sizing.Workload(39).memory_mb() >= 266 * 1.3
+    assert sizing.Workload(74).memory_mb() >= 327 * 1.3
+    assert sizing.Workload(74, compute_type="float32").memory_mb() >= 623 * 1.3
+    assert sizing.Workload(39, backend="openai-whisper").memory_mb() >= 674 * 1.3
+    assert all(size % sizing.MEMORY_STEP_MB == 0 and size >= sizing.MEMORY_FLOOR_MB for size in sizes)
+
+
+def test_openai_whisper_and_diarization_need_more():
+    plain = sizing.Workload(244)
+    assert sizing.Workload(244, backend="openai-whisper").memory_mb() > plain.memory_mb()
+    assert sizing.Workload(244, diarize=True).memory_mb() >= plain.memory_mb() + sizing.DIARIZATION_MEMORY_MB
+    assert sizing.Workload(244, backend="openai-whisper").rtf_bound() > plain.rtf_bound()
+    assert sizing.Workload(244, diarize=True).rtf_bound() > plain.rtf_bound()
+
+
+def test_rtf_bound_is_pessimistic_and_follows_device_and_threads():
+    tiny = sizing.Workload(39)
+    assert tiny.rtf_bound() >= 0.061 * 2  # at least twice the measured RTF
+    assert sizing.Workload(1550).rtf_bound() > sizing.Workload(244).rtf_bound() > tiny.rtf_bound()
+    assert sizing.Workload(1550, gpu=True).rtf_bound() < sizing.Workload(1550).rtf_bound()
+    assert sizing.Workload(1550, threads=8).rtf_bound() < sizing.Workload(1550, threads=2).rtf_bound()
+    assert sizing.Workload(39, compute_type="float32").rtf_bound() > tiny.rtf_bound()
+
+
+def test_task_time_counts_each_model_load_and_unknown_durations():
+    work = sizing.Workload(74)
+    one_load = work.task_seconds([10.0, 20.0])
+    assert work.task_seconds([10.0, 20.0], loads=2) == pytest.approx(one_load + work.load_seconds())
+    assert work.task_seconds([None]) == pytest.approx(work.load_seconds() + work.file_seconds(sizing.UNKNOWN_DURATION_SECONDS))
+
+
+def test_time_limit_has_a_floor_a_margin_and_the_site_cap():
+    assert sizing.time_limit_seconds(5, cap=None) == sizing.TIME_FLOOR_SECONDS
+    assert sizing.time_limit_seconds(3600, cap=None) >= 3600 + sizing.TASK_MARGIN_SECONDS
+    assert sizing.time_limit_seconds(3600, cap=None) % 60 == 0
+    assert sizing.time_limit_seconds(10 * 3600, cap=4 * 3600) == 4 * 3600
+
+
