@@ -1,4 +1,4 @@
-"""The command line (whisper_hpc.options) and the pure set-up helpers (whisper_hpc.setup)."""
+"""The command line (whisper_hpc.options) and the pure set-up helpers (whisper_hpc.assemble)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from whisper_hpc.options import (
     parse,
     str2bool,
 )
-from whisper_hpc.setup import output_formats, parse_device, temperatures, writable_directory
+from whisper_hpc.assemble import output_formats, parse_device, temperatures, writable_directory
 from whisper_hpc.writers import FORMATS
 
 BIN = Path(sys.executable).parent
