@@ -135,8 +135,7 @@ class OnDemandTable:
     """[ondemand]: the Open OnDemand app."""
 
     allowed_roots: Paths = key(["/home", "/scratch"], "form paths must be inside one of these",
-                               lambda roots: "at least one folder, and not /" if not roots
-                               or any(os.path.normpath(r) == "/" for r in roots) else None)
+                               lambda roots: None if roots else "at least one folder")
     cluster: str = key("*", "the OnDemand cluster id(s) the app submits to", pattern_check(CLUSTER, "a cluster id or glob"))
     ood_version: str = key("3.1", "the OnDemand version: 3.1+ path_selector, 3.0+ auto_accounts/auto_queues",
                            pattern_check(re.compile(r"\A\d+(\.\d+)*\Z"), "a version number such as 3.1"))
@@ -193,8 +192,8 @@ def path_problem(value: str, data_area: bool = False) -> str | None:
         return "an absolute path without ',', ':' or control characters (apptainer's bind syntax)"
     hidden = system_folder(value, inside=data_area)
     if hidden:
-        return f"a data folder, not {hidden}" + (" or a folder inside it" if hidden != "/" and data_area else "") + \
-            " (binding it would hide the container's own)"
+        where = f"other than {hidden}" if os.path.normpath(value) == hidden else f"outside {hidden}"
+        return f"a data folder {where} (binding it would hide the container's own)"
     return None
 
 
