@@ -109,3 +109,37 @@ def test_time_limit_has_a_floor_a_margin_and_the_site_cap():
     assert sizing.time_limit_seconds(10 * 3600, cap=4 * 3600) == 4 * 3600
 
 
+
+
+# ---- one rule for every consumer --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seconds", [("1-12", 129_600), ("0-02", 7_200), ("0-02:30", 9_000), ("2", 120)])
+def test_days_hours_forms_read_as_slurm_reads_them(text, seconds):
+    assert sizing.parse_time(text) == seconds
+
+
+@pytest.mark.parametrize("max_time, job_time", [("0-02", "02:00:00"), ("1-12", "04:00:00"), ("UNLIMITED", "04:00:00"),
+                                                ("00:30:00", "00:30:00")])
+def test_the_example_job_scripts_ask_for_at_most_the_sites_limit(max_time, job_time, tmp_path):
+    from whisper_hpc.install import install_context
+    from whisper_hpc.site import Site, SlurmTable
+
+    site = Site(slurm=SlurmTable(max_time=max_time))
+    assert install_context(site, tmp_path)["install"]["job_time"] == job_time
+
+
+def test_module_help_advises_what_whisper_batch_requests():
+    for row in sizing.memory_advice():
+        parameters = sizing.MODEL_PARAMETERS_M[row["size"]]
+        assert row["request"] == sizing.format_memory(sizing.Workload(parameters).memory_mb())
+        assert row["request_openai"] == sizing.format_memory(
+            sizing.Workload(parameters, backend="openai-whisper").memory_mb())
+    large = {row["size"]: row for row in sizing.memory_advice()}["large"]
+    assert sizing.parse_memory(large["request"]) >= 1.5 * sizing.Workload(1550).peak_mb()
+
+
+@pytest.mark.parametrize("name, family", [("tiny.en", "tiny"), ("large-v3", "large"), ("large-v3-turbo", "turbo"),
+                                          ("distil-large-v3", None), ("kb-whisper-small", None), ("medium", "medium")])
+def test_model_family(name, family):
+    assert sizing.model_family(name) == family

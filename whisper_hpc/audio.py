@@ -12,7 +12,7 @@ from typing import Iterator
 
 import numpy as np
 
-from whisper_hpc.errors import WhisperHpcError
+from whisper_hpc.errors import WhisperHpcError, first_line
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 600.0  # audio held in memory at once; longer files are cut at quiet points
@@ -86,11 +86,6 @@ def seconds_or_none(value: object) -> float | None:
         return float(value) if value not in (None, "N/A") else None
     except (TypeError, ValueError):
         return None
-
-
-def first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def decode_command(path: Path, channel: int | None) -> list[str]:
