@@ -3,6 +3,7 @@ tests/ood_render.rb (real Ruby ERB, as OnDemand does), and run the rendered job 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from whisper_hpc import ondemand
-from whisper_hpc.site import site_from_dict
+from whisper_hpc.site import Site, site_from_dict
 
 HARNESS = Path(__file__).with_name("ood_render.rb")
 REFUSED = 3  # ood_render.rb's exit status when the app refuses the form
@@ -31,7 +32,8 @@ for argument in "$@"; do printf '%s\\0' "$argument"; done > "$WHISPER_TEST_RECOR
 
 
 def site_dict(model_root: Path, allowed: list[Path], **overrides) -> dict:
-    """A site.toml as a dict: the staged models, the given allowed roots, small jobs."""
+    """A site.toml as a dict, valid under the strict schema (whisper_hpc/site.py): the staged
+    models, the given allowed roots, small jobs. Each keyword names a table whose keys it sets."""
     data = {
         "site": {"name": "Test HPC", "support": "help@example.org", "module_version": "0.1.0"},
         "paths": {"model_root": str(model_root)},
@@ -39,9 +41,19 @@ def site_dict(model_root: Path, allowed: list[Path], **overrides) -> dict:
         "slurm": {"max_time": "2:00:00", "gpu_gres": "gpu:1"},
         "ondemand": {"allowed_roots": [str(p) for p in allowed], "cpus_per_task": 2},
     }
-    for section, values in overrides.items():
-        data.setdefault(section, {}).update(values)
+    for table, values in overrides.items():
+        data.setdefault(table, {}).update(values)
     return data
+
+
+def make_site(model_root: Path, allowed: list[Path], **overrides) -> Site:
+    """site_dict, read through the schema (a SiteError names a key it refuses)."""
+    return site_from_dict(site_dict(model_root, allowed, **overrides))
+
+
+def with_ondemand(site: Site, **keys) -> Site:
+    """The site with some [ondemand] keys changed (e.g. allowed_roots=(...,), cpus_per_task=2)."""
+    return dataclasses.replace(site, ondemand=dataclasses.replace(site.ondemand, **keys))
 
 
 def install_app(site_data: dict, prefix: Path) -> Path:
@@ -67,6 +79,11 @@ class Submission:
     @property
     def native(self) -> list[str]:
         return self.job["submit"]["script"]["native"]
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """script.job_environment as OnDemand hands it to sbatch (and so to the job)."""
+        return self.job["environment"]
 
 
 def submit_form(app: Path, session: Path, values: dict, home: Path) -> Submission:
@@ -107,10 +124,13 @@ def stub_tools(folder: Path) -> tuple[Path, Path]:
 
 
 def run_job_locally(job: dict, home: Path, stubs: Path, record: Path) -> subprocess.CompletedProcess:
-    """Run the rendered job script with bash (no Slurm), `module` and `whisper-batch` stubbed."""
+    """Run the rendered job script with bash (no Slurm), `module` and `whisper-batch` stubbed.
+
+    The job gets script.job_environment, as sbatch --export gives it, on top of a clean PATH and
+    HOME (where Slurm would start a login shell)."""
     record.mkdir(parents=True, exist_ok=True)
     _init, bin_dir = stub_tools(stubs)
-    env = clean_env(home, WHISPER_TEST_RECORD=str(record))
+    env = clean_env(home, **job.get("environment", {}), WHISPER_TEST_RECORD=str(record))
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     return subprocess.run(["bash", job["script"]], capture_output=True, text=True, timeout=120, env=env, cwd=home)
 

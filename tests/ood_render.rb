@@ -7,12 +7,19 @@
 #   - template/ is copied into the session folder (modes kept) and each *.erb is rendered with a
 #     binding whose `session` and `context` are the session and the form values;
 #   - smart attributes add scheduler options (bc_queue/auto_queues -> -p, bc_account/auto_accounts
-#     -> -A, bc_num_hours -> -t, email_on_* -> --mail-type), then script.native is appended;
+#     -> -A, bc_num_hours -> -t, email_on_* -> --mail-type); then, as ood_core's Slurm adapter
+#     does, --export (NONE, or the names in script.job_environment, "ALL," first with
+#     copy_environment), then script.native; the job_environment values (as strings) are the
+#     environment sbatch is run with, so they reach the job and nothing else from the web node does;
 #   - the "basic" job script cds to the session folder, sources before.sh, forks script.sh,
 #     waits for it, and exits non-zero when it failed;
+#   - submit.yml.erb is rendered before template/ is staged (Session#save), so a refusal there
+#     stages nothing;
 #   - completed.html.erb is rendered with the session as self.
 #
-#   ruby ood_render.rb submit APP_DIR SESSION_DIR VALUES.json   -> stdout: {"script":..,"args":[..]}
+#   ruby ood_render.rb submit APP_DIR SESSION_DIR VALUES.json
+#       -> stdout: {"script":..,"args":[..],"environment":{..},"submit":{..}}: run `sbatch ARGS SCRIPT`
+#          with ENVIRONMENT added to its own to submit what OnDemand would
 #   ruby ood_render.rb completed APP_DIR SESSION_DIR            -> stdout: the HTML
 # Exit 3 with the error message on stderr when the app refuses the values (OnDemand would show it).
 
@@ -120,6 +127,23 @@ def basic_job_script(header, work_dir)
   SCRIPT
 end
 
+# ood_core: OodCore::Job::Script turns job_environment into a Hash of Strings.
+def job_environment(script)
+  environment = script["job_environment"]
+  return {} if environment.nil?
+  raise "job_environment must be a mapping, not #{environment.inspect}" unless environment.is_a?(Hash)
+  environment.each_with_object({}) { |(name, value), strings| strings[name.to_s] = value.to_s }
+end
+
+# ood_core's Slurm adapter: it never lets sbatch copy the web node's environment by default.
+def export_arg(environment, copy_environment)
+  if !environment.empty? && !copy_environment then environment.keys.join(",")
+  elsif !environment.empty? && copy_environment then "ALL," + environment.keys.join(",")
+  elsif copy_environment then "ALL"
+  else "NONE"
+  end
+end
+
 def sbatch_arguments(script, work_dir)
   args = ["-D", work_dir, "-J", "ondemand/sys/dashboard/sys/whisper", "-o", File.join(work_dir, "output.log")]
   started, ended = script["email_on_started"], script["email_on_terminated"]
@@ -130,6 +154,7 @@ def sbatch_arguments(script, work_dir)
   args += ["-p", script["queue_name"]] if script["queue_name"]
   args += ["-A", script["accounting_id"]] if script["accounting_id"]
   args += ["-t", format("%02d:%02d:%02d", script["wall_time"] / 3600, script["wall_time"] / 60 % 60, script["wall_time"] % 60)] if script["wall_time"]
+  args += ["--export", export_arg(job_environment(script), script["copy_environment"])]
   args + Array(script["native"]).map(&:to_s)
 end
 
@@ -159,7 +184,7 @@ def submit(app, work_dir, submitted)
   File.write(content_file, content)
   args = sbatch_arguments(script, work_dir)
   File.write(File.join(work_dir, "job_script_options.json"), JSON.pretty_generate(args))
-  puts JSON.generate("script" => content_file, "args" => args, "submit" => config)
+  puts JSON.generate("script" => content_file, "args" => args, "environment" => job_environment(script), "submit" => config)
 end
 
 def completed(app, work_dir)

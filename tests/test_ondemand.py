@@ -7,7 +7,7 @@ argv the batch tool gets), or through the real sbatch of the test cluster (real 
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -18,12 +18,14 @@ import pytest
 from cluster_fixtures import installed_prefix, slurm_cluster  # noqa: F401  (pytest fixtures)
 from conftest import need
 from ood_app import (
-    bash_syntax_ok, install_app, python_yaml, recorded_fields, render_completed, ruby_available,
-    ruby_yaml, run_job_locally, sentinels_in, site_dict, submit_form,
+    Submission, bash_syntax_ok, install_app, make_site, python_yaml, recorded_fields, render_completed,
+    ruby_available, ruby_yaml, run_job_locally, sentinels_in, site_dict, submit_form, with_ondemand,
 )
-from whisper_hpc import ondemand
+from whisper_hpc import ondemand, sizing
+from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.languages import LANGUAGES
-from whisper_hpc.site import load_site, site_from_dict
+from whisper_hpc.render import site_context
+from whisper_hpc.site import SiteError, load_site
 from whisper_hpc.writers import FORMATS
 
 pytestmark = pytest.mark.system  # Ruby, bash, the staged models; the last tests also Slurm and Lmod
@@ -131,21 +133,39 @@ def test_older_ondemand_and_fixed_slurm_settings_change_the_form(tmp_path: Path,
     assert "auto_queues" not in form_config["form"] and form_config["cluster"] == "owens"
 
 
-@pytest.mark.parametrize("section, key, value, complaint", [
+@pytest.mark.parametrize("table, key, value, complaint", [
     ("ondemand", "allowed_roots", ["relative/dir"], "absolute path"),
-    ("ondemand", "allowed_roots", ["/"], "must not contain /"),
-    ("ondemand", "allowed_roots", [], "allowed_roots is empty"),
-    ("slurm", "partition", "short; rm -rf /", "partition"),
-    ("slurm", "gpu_gres", "gpu:1 --uid=0", "gpu_gres"),
-    ("slurm", "max_time", "soon", "max_time"),
-    ("ondemand", "cluster", "a b", "cluster"),
-    ("ondemand", "cpus_per_task", "4", "cpus_per_task"),
-    ("site", "module_version", "1.0 $(id)", "module_version"),
+    ("ondemand", "allowed_roots", ["/"], "'/'"),
+    ("ondemand", "allowed_roots", [], "at least one folder"),
+    ("ondemand", "allowed_roots", "/home", "list"),
+    ("slurm", "partition", "short; rm -rf /", "Slurm name"),
+    ("slurm", "account", "lab42 --uid=0", "Slurm name"),
+    ("slurm", "gpu_gres", "gpu:1 --uid=0", "gres"),
+    ("slurm", "max_time", "soon", "Slurm time"),
+    ("ondemand", "cluster", "a b", "cluster id"),
+    ("ondemand", "cpus_per_task", "4", "whole number"),
+    ("ondemand", "cpus_per_task", 0, "1 to 256"),
+    ("ondemand", "ood_version", "three", "version number"),
+    ("ondemand", "lmod_init", "lmod/init/bash", "absolute path"),
+    ("ondemand", "allowed_root", ["/home"], "did you mean allowed_roots"),
+    ("site", "module_version", "1.0 $(id)", "plain version"),
 ])
-def test_unsafe_site_settings_are_refused_at_install(tmp_path: Path, model_root: Path, section, key, value, complaint):
-    site = site_dict(model_root, [tmp_path], **{section: {key: value}})
-    with pytest.raises(ondemand.OnDemandError, match=re.escape(complaint)):
+def test_unsafe_site_settings_are_refused_at_install(tmp_path: Path, model_root: Path, table, key, value, complaint):
+    """The site schema refuses them when the site is read, naming the table and key; nothing is written."""
+    site = site_dict(model_root, [tmp_path], **{table: {key: value}})
+    with pytest.raises(SiteError) as refused:
         install_app(site, tmp_path / "prefix")
+    message = str(refused.value)
+    assert f"[{table}] {key}" in message and complaint in message, message
+    assert not (tmp_path / "prefix").exists()
+
+
+def test_a_model_name_the_form_cannot_offer_is_refused_at_install(tmp_path: Path, model_root: Path):
+    site = make_site(model_root, [tmp_path])
+    models = [{"name": "tiny.en; touch x", "path": str(model_root / "tiny.en"), "english_only": True}]
+    with pytest.raises(ondemand.OnDemandError, match="cannot offer safely") as refused:
+        ondemand.install(site, tmp_path / "prefix", models=models)
+    assert isinstance(refused.value, WhisperHpcError)
     assert not (tmp_path / "prefix").exists()
 
 
@@ -199,9 +219,17 @@ def test_normal_forms_render_with_ruby_and_pass_bash_n(workspace: Workspace, cho
     assert ("--mail-type" in job["args"]) == (choices.get("email_when_done") == "1")
     if choices.get("hours"):
         assert "--time=1:00:00" in native
+    environment = submission.environment
+    assert sorted(environment) == sorted(ondemand.JOB_ENVIRONMENT)
+    assert job["args"][job["args"].index("--export") + 1] == ",".join(environment), "only these reach the job"
+    assert f"--time={environment['WHISPER_OOD_TIME']}" in native and f"--mem={environment['WHISPER_OOD_MEM']}" in native
+    assert environment["WHISPER_OOD_AUDIO_FILES"] == "1"
+    assert environment["WHISPER_OOD_AUDIO_BYTES"] == str((workspace.allowed / "talks" / "jfk.flac").stat().st_size)
 
     result = run_job_locally(job, workspace.home, workspace.stubs, workspace.root / "record")
     assert result.returncode == 0, result.stderr
+    assert " (1 file(s), model " in result.stdout
+    assert f"Asked for --time={environment['WHISPER_OOD_TIME']} --mem={environment['WHISPER_OOD_MEM']}," in result.stdout
     argv = recorded_fields(workspace.root / "record" / "whisper-batch.argv")
     assert argv[:2] == ["run", str((workspace.allowed / "talks").resolve())]
     assert argv[argv.index("--output_dir") + 1] == str(submission.session / "transcripts")
@@ -333,15 +361,43 @@ def seconds(clock: str) -> int:
     return hours * 3600 + minutes * 60 + secs
 
 
+def memory(native: list[str]) -> int:
+    value = option(native, "mem")
+    assert value.endswith("M"), value
+    return int(value[:-1])
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A file of `size` bytes that takes no disk space (the app only looks at sizes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as sparse:
+        sparse.truncate(size)
+    return path
+
+
+def sizing_says(model: str, gpu: bool, diarize: bool, sizes: list[int], hours: int, max_time: str,
+                threads: int = 2) -> tuple[int, int]:
+    """(--time s, --mem MB) straight from whisper_hpc.sizing, not through the app's baked numbers:
+    the batch tool's workload, each recording's length guessed from its size as the app guesses it."""
+    workload = sizing.Workload(parameters_m=sizing.model_parameters_m(model)[0], gpu=gpu, threads=threads,
+                               diarize=diarize)
+    cap = sizing.parse_time(max_time) or ondemand.MAX_HOURS_WHEN_UNLIMITED * 3600
+    if len(sizes) >= ondemand.MAX_FILES_SCANNED:
+        estimated = cap  # the walk stopped: the app cannot know, and asks for the most
+    else:
+        durations = [size / ondemand.BYTES_PER_AUDIO_SECOND for size in sizes]
+        estimated = sizing.time_limit_seconds(workload.task_seconds(durations), cap)
+    seconds = min(hours * 3600, cap) if hours else estimated
+    waveform_mb = math.ceil(max(sizes) / ondemand.BYTES_PER_AUDIO_SECOND * 16000 * 4 / 2**20) if diarize else 0
+    return seconds, workload.memory_mb() + waveform_mb
+
+
 def test_memory_and_time_follow_the_model_and_the_audio(workspace: Workspace):
     long_folder = workspace.allowed / "long"
-    long_folder.mkdir()
-    with open(long_folder / "lecture.wav", "wb") as sparse:  # 40 MB: about 80 min at the assumed bitrate
-        sparse.truncate(40_000_000)
+    sparse_file(long_folder / "lecture.wav", 40_000_000)  # 40 MB: about 80 min at the assumed bitrate
     huge_folder = workspace.allowed / "huge"
-    huge_folder.mkdir()
-    with open(huge_folder / "archive.mp3", "wb") as sparse:
-        sparse.truncate(4_000_000_000)
+    sparse_file(huge_folder / "archive.mp3", 4_000_000_000)
+    jfk = (workspace.allowed / "talks" / "jfk.flac").stat().st_size
 
     def native(**choices) -> list[str]:
         return submit_form(workspace.app, workspace.session(), {**form(workspace.allowed / "talks"), **choices}, workspace.home).native
@@ -350,24 +406,114 @@ def test_memory_and_time_follow_the_model_and_the_audio(workspace: Workspace):
     assert seconds(option(long_, "time")) > seconds(option(short, "time"))
     assert seconds(option(native(audio_path=str(huge_folder)), "time")) == 2 * 3600, "capped at the site's max_time"
     assert option(native(audio_path=str(huge_folder), hours="1"), "time") == "1:00:00", "the user's limit wins"
-    tiny, base = int(option(short, "mem")[:-1]), int(option(native(model="base"), "mem")[:-1])
-    assert base >= tiny
-    assert int(option(native(diarize="1"), "mem")[:-1]) > tiny
+    # memory: the model's, from the batch tool's sizing (both models sit at the 1024 MB floor on a
+    # CPU, so comparing them with each other would prove nothing), plus the waveform when diarizing
+    assert memory(short) == sizing_says("tiny.en", False, False, [jfk], 0, "2:00:00")[1]
+    assert memory(native(model="base")) == sizing_says("base", False, False, [jfk], 0, "2:00:00")[1]
+    diarized = memory(native(diarize="1"))
+    assert diarized == sizing_says("tiny.en", False, True, [jfk], 0, "2:00:00")[1] > memory(short)
+    assert memory(native(audio_path=str(long_folder), diarize="1")) == \
+        sizing_says("tiny.en", False, True, [40_000_000], 0, "2:00:00")[1] > diarized, "the longest recording's waveform"
     gpu_time = seconds(option(native(audio_path=str(long_folder), use_gpu="1"), "time"))
     assert gpu_time < seconds(option(long_, "time"))
     english_only = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", task="translate"), workspace.home)
     assert english_only.refused and "English only" in english_only.stderr
 
 
-def test_sizes_come_from_the_batch_tools_table(tmp_path: Path, model_root: Path):
-    from whisper_hpc.batch import plan
+# model, GPU, diarization, recordings (bytes each, sparse), the user's hours, the site's max_time
+SIZING_CASES = [
+    ("tiny.en", False, False, [100_000], 0, "24:00:00"),
+    ("tiny.en", False, False, [40_000_000], 0, "24:00:00"),
+    ("tiny.en", True, False, [4_000_000_000], 24, "24:00:00"),
+    ("base", False, True, [40_000_000, 8_000_000, 123_457], 0, "1-12"),
+    ("base", True, False, [4_000_000_000], 0, "1-12"),
+    ("base", False, False, [800_000_000], 0, "1-12"),
+    ("base", False, False, [4_000_000_000], 0, "1-12"),
+    ("tiny.en", False, True, [4_000_000_000], 0, "0-02"),
+    ("tiny.en", True, True, [400_000_000, 1_000], 1, "0-02"),
+    ("base", False, False, [40_000_000], 2, "0-02"),
+    ("base", False, False, [4_000_000_000], 0, "UNLIMITED"),
+    ("base", False, False, [4_000_000_000] * 4, 0, "UNLIMITED"),
+    ("base", True, True, [80_000_000, 160_000_000], 5, "UNLIMITED"),
+    ("tiny.en", True, False, [2_000_000] * 300, 0, "UNLIMITED"),
+    ("tiny.en", False, False, [0] * ondemand.MAX_FILES_SCANNED, 0, "1-12"),
+]
 
-    site = site_from_dict(site_dict(model_root, [tmp_path]))
+
+def sizing_case_id(case) -> str:
+    model, gpu, diarize, sizes, hours, max_time = case
+    total = sum(sizes)
+    return (f"{model}-{'gpu' if gpu else 'cpu'}{'-diarize' if diarize else ''}-{len(sizes)}x"
+            f"-{total // 1_000_000}MB-{hours}h-max{max_time}")
+
+
+@pytest.mark.parametrize("case", SIZING_CASES, ids=[sizing_case_id(c) for c in SIZING_CASES])
+def test_the_apps_ruby_sizes_jobs_as_python_does(tmp_path: Path, model_root: Path, ruby, case):
+    """submit.yml.erb, evaluated by real Ruby, asks for the --time and --mem of
+    ondemand.job_size, and job_size is the batch tool's sizing (whisper_hpc.sizing)."""
+    model, gpu, diarize, sizes, hours, max_time = case
+    allowed = tmp_path / "allowed"
+    folder = allowed / "audio"
+    for number, size in enumerate(sizes):
+        sparse_file(folder / f"part{number:05d}.wav", size)
+    sparse_file(folder / ".partial.wav", 8_000_000_000)  # hidden: never counted
+    (folder / "notes.txt").write_text("not audio")
+    home = tmp_path / "home"
+    home.mkdir()
+    site = make_site(model_root, [allowed], slurm={"max_time": max_time})
+    app = ondemand.install(site, tmp_path / "prefix")
+    values = form(folder, model=model, use_gpu="1" if gpu else "0", diarize="1" if diarize else "0", hours=str(hours))
+    submission = submit_form(app, tmp_path / "session", values, home)
+    ruby_size = (seconds(option(submission.native, "time")), memory(submission.native))
+
+    needs = ondemand.job_policy(site, site_context(site)["models"], tmp_path / "prefix")["needs"][model]
+    python_size = ondemand.job_size(needs, len(sizes), sum(sizes), max(sizes), hours, sizing.parse_time(max_time),
+                                    gpu, diarize)
+    assert ruby_size == python_size, "the app's Ruby and ondemand.job_size disagree"
+    assert python_size == sizing_says(model, gpu, diarize, sizes, hours, max_time), "job_size is not the batch tool's sizing"
+
+    cut_short = len(sizes) >= ondemand.MAX_FILES_SCANNED
+    assert submission.environment == {
+        "WHISPER_OOD_AUDIO_FILES": f"{len(sizes)}{'+' if cut_short else ''}",
+        "WHISPER_OOD_AUDIO_BYTES": str(sum(sizes)),
+        "WHISPER_OOD_TIME": option(submission.native, "time"),
+        "WHISPER_OOD_MEM": f"{python_size[1]}M",
+    }
+    assert ("--gres=gpu:1" in submission.native) == gpu and "--cpus-per-task=2" in submission.native
+
+
+def test_site_time_limits_in_every_slurm_form():
+    """The site's max_time caps the job in seconds, whichever of Slurm's forms it is written in."""
+    assert [sizing.parse_time(t) for t in ("1-12", "0-02", "24:00:00", "90", "UNLIMITED")] == \
+        [129600, 7200, 86400, 5400, None]
+    assert [ondemand.time_cap(sizing.parse_time(t)) for t in ("1-12", "0-02", "UNLIMITED")] == \
+        [129600, 7200, ondemand.MAX_HOURS_WHEN_UNLIMITED * 3600]
+
+
+def test_only_submit_walks_the_audio(workspace: Workspace):
+    """The folder scan and the sizing are evaluated once, in submit.yml.erb; the job's templates keep
+    the form checks they need for the command line and read the size from the job's environment."""
+    submit = (workspace.app / "submit.yml.erb").read_text(encoding="utf-8")
+    assert submit.count("Find.find(") == 1 and submit.count("estimate =") == 1 and "job_environment:" in submit
+    for name in ("template/before.sh.erb", "template/script.sh.erb"):
+        text = (workspace.app / name).read_text(encoding="utf-8")
+        for sizing_code in ('require "find"', "Find.find(", "estimate =", "memory_mb =", '"--mem=#{'):
+            assert sizing_code not in text, f"{name} sizes the job again ({sizing_code})"
+        assert "File.realpath(requested)" in text, f"{name} still checks the path it writes into bash"
+    assert "WHISPER_OOD_AUDIO_FILES" in (workspace.app / "template" / "before.sh.erb").read_text(encoding="utf-8")
+
+
+def test_sizes_come_from_the_sizing_model(tmp_path: Path, model_root: Path):
+    site = make_site(model_root, [tmp_path])
     models = [{"name": "tiny.en", "path": str(model_root / "tiny.en"), "english_only": True}]
     needs = ondemand.job_policy(site, models, tmp_path)["needs"]["tiny.en"]
-    workload = plan.Workload(parameters_m=plan.model_parameters_m("tiny.en")[0], threads=2)
-    assert needs["cpu"]["memory_mb"] == workload.memory_mb()
-    assert needs["cpu"]["rtf"] == pytest.approx(workload.rtf_bound(), rel=1e-3)
+    for gpu in (False, True):
+        for diarize in (False, True):
+            workload = sizing.Workload(parameters_m=sizing.model_parameters_m("tiny.en")[0], gpu=gpu, threads=2,
+                                       diarize=diarize)
+            key = ("gpu" if gpu else "cpu") + ("_diarize" if diarize else "")
+            assert needs[key] == {"memory_mb": workload.memory_mb(), "rtf": workload.rtf_bound(),
+                                  "load_seconds": workload.load_seconds()}
 
 
 # ---- the completed view --------------------------------------------------------------------------
@@ -401,6 +547,17 @@ def test_the_installed_app_is_rendered_from_the_installed_site(installed_prefix,
         assert (installed_prefix.prefix / "modulefiles" / module / "0.1.0.lua").is_file(), f"the job loads {module}/0.1.0"
 
 
+def sbatch_as_ondemand(cluster, submission: Submission, home: Path) -> str:
+    """Submit as OnDemand's Slurm adapter does: its arguments (--export naming job_environment),
+    with job_environment in sbatch's own environment. Unlike OnDemand, HOME (a temporary one) is
+    exported too, so that not even a quoting mistake could reach a real home folder."""
+    args = list(submission.job["args"])
+    at = args.index("--export")
+    assert args[at + 1] not in ("NONE", "ALL"), args
+    args[at + 1] += ",HOME"
+    return cluster.sbatch(submission.job["script"], options=args, env={"HOME": str(home), **submission.environment})
+
+
 def test_forms_submitted_with_real_sbatch_write_real_transcripts(
         tmp_path: Path, shared_data: Path, installed_prefix, slurm_cluster, ruby):
     """The app rendered for the installed site, its job sent with the cluster's sbatch: real
@@ -413,9 +570,7 @@ def test_forms_submitted_with_real_sbatch_write_real_transcripts(
     home = tmp_path / "home"
     home.mkdir()
     (home / "canary").write_text("still here")
-    site = load_site(installed_prefix.site_file)
-    site = dataclasses.replace(site, allowed_roots=(str(allowed),),
-                               raw={**site.raw, "ondemand": {"allowed_roots": [str(allowed)], "cpus_per_task": 2}})
+    site = with_ondemand(load_site(installed_prefix.site_file), allowed_roots=(str(allowed),), cpus_per_task=2)
     app = ondemand.install(site, installed_prefix.prefix, target=tmp_path / "app")
 
     good = submit_form(app, tmp_path / "sessions" / "good", form(allowed / "talks", email_when_done="1"), home)
@@ -426,9 +581,9 @@ def test_forms_submitted_with_real_sbatch_write_real_transcripts(
     outside = tmp_path / "outside"
     outside.mkdir()
     shutil.copy(shared_data / "jfk.flac", outside / "jfk.flac")
-    moved_job = moved.job
+    assert moved.returncode == 0, moved.stderr
 
-    job_id = slurm_cluster.sbatch(good.job["script"], options=good.job["args"], env={"HOME": str(home)})
+    job_id = sbatch_as_ondemand(slurm_cluster, good, home)
     assert slurm_cluster.wait(job_id, timeout=900) == "COMPLETED", (good.session / "output.log").read_text()
     transcripts = good.session / "transcripts"
     assert "country" in (transcripts / "jfk.txt").read_text(encoding="utf-8").lower()
@@ -438,10 +593,13 @@ def test_forms_submitted_with_real_sbatch_write_real_transcripts(
         assert (transcripts / f"jfk.{fmt}").stat().st_size > 0
     html = render_completed(app, good.session, home)
     assert "10 file(s)" in html and ">jfk.srt</a>" in html
+    log = (good.session / "output.log").read_text(encoding="utf-8")
+    assert "(2 file(s), model tiny.en)" in log and f"--time={good.environment['WHISPER_OOD_TIME']}" in log, \
+        "the size reached the job through job_environment"
 
     (allowed / "talks" / "jfk.flac").unlink()
     (allowed / "talks" / "jfk.flac").symlink_to(outside / "jfk.flac")
-    moved_id = slurm_cluster.sbatch(moved_job["script"], options=moved_job["args"], env={"HOME": str(home)})
+    moved_id = sbatch_as_ondemand(slurm_cluster, moved, home)
     assert slurm_cluster.wait(moved_id, timeout=300) == "FAILED"
     log = (moved.session / "output.log").read_text(encoding="utf-8")
     assert "outside the folders this app may read" in log and "Script starting" not in log

@@ -2,29 +2,31 @@
 
 Two stages. At install time Jinja2 renders ondemand/*.j2 with what the site decided (staged
 models, languages, allowed folders, partition, account, time limit, and the batch tool's sizing
-table from whisper_hpc/batch/plan.py, evaluated for each staged model). The result is
+model from whisper_hpc/sizing.py, evaluated for each staged model). The result is
 an ordinary OnDemand batch-connect app whose ERB files OnDemand evaluates once per submission:
-Ruby code baked into submit.yml.erb and template/script.sh.erb checks every form value against the
-baked lists, refuses paths outside the allowed folders, and shell-quotes what reaches bash.
+Ruby code baked into submit.yml.erb and template/*.sh.erb checks every form value against the
+baked lists, refuses paths outside the allowed folders, and shell-quotes what reaches bash. Only
+submit.yml.erb walks the audio and sizes the job (`job_size` below is the same formula in
+Python); it hands the templates what they print through the job's environment (JOB_ENVIRONMENT).
 
-Site keys read here besides the Site fields (all optional, under [ondemand] in site.toml):
-    cluster = "*"            OnDemand cluster id(s) the app submits to ("*": every cluster)
-    ood_version = "3.1"      3.1+: path_selector widget; 3.0+: auto_queues / auto_accounts
-    cpus_per_task = 4        CPU cores a job asks for
-    lmod_init = "/usr/share/lmod/lmod/init/bash"   sourced in the job when `module` is missing
+The [ondemand] table of the site file (whisper_hpc/site.py) holds the app's own keys.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
 
 from whisper_hpc.inputs import MEDIA_SUFFIXES
 from whisper_hpc.languages import LANGUAGES
+from whisper_hpc import sizing
+from whisper_hpc.errors import WhisperHpcError
+from whisper_hpc.files import write_atomically
 from whisper_hpc.site import Site
-from whisper_hpc.writers import FORMATS, write_atomically
+from whisper_hpc.writers import FORMATS
 
 APP_NAME = "whisper"
 # template (relative to the project root) -> file in the installed app, and its mode
@@ -38,15 +40,12 @@ APP_FILES: dict[str, tuple[str, int]] = {
     "ondemand/completed.html.erb.j2": ("completed.html.erb", 0o644),
 }
 MODULES = {"plain": "whisper", "diarization": "whisper-diarization"}
-DEFAULT_LMOD_INIT = "/usr/share/lmod/lmod/init/bash"
 MAX_HOURS_WHEN_UNLIMITED = 168
 # A name Slurm, Lmod and YAML all take literally: no spaces, quotes or shell characters.
 SAFE_NAME = re.compile(r"\A[A-Za-z0-9_.+-]{1,64}\Z")
-SAFE_GRES = re.compile(r"\A[A-Za-z0-9_.:,-]{1,64}\Z")
-SAFE_CLUSTER = re.compile(r"\A[A-Za-z0-9_.*-]{1,64}\Z")
 
 
-class OnDemandError(Exception):
+class OnDemandError(WhisperHpcError):
     """A site configuration the app cannot be rendered from; the message names the key."""
 
 
@@ -56,59 +55,79 @@ class OnDemandError(Exception):
 BYTES_PER_AUDIO_SECOND = 8000
 # Walking a huge folder on the web node must not hang the form: past this, ask for the maximum.
 MAX_FILES_SCANNED = 20000
-
-
-def parse_slurm_time(text: str) -> int | None:
-    """The site's max_time in seconds (None: unlimited), with the batch tool's parser."""
-    from whisper_hpc.batch.plan import parse_time
-
-    return parse_time(text)
+# Diarization holds a whole recording's waveform in memory: 16 kHz float32, 64000 bytes a second.
+WAVEFORM_BYTES_PER_SECOND = 16000 * 4
+# What submit.yml.erb passes to the job (script: job_environment:, exported by OnDemand's Slurm
+# adapter with --export), so that template/*.sh.erb need not walk the audio again.
+JOB_ENVIRONMENT = {
+    "WHISPER_OOD_AUDIO_FILES": "recordings found at submission (N+ when the walk stopped at N)",
+    "WHISPER_OOD_AUDIO_BYTES": "their total size in bytes",
+    "WHISPER_OOD_TIME": "the --time asked for, H:MM:SS",
+    "WHISPER_OOD_MEM": "the --mem asked for, e.g. 1024M",
+}
 
 
 def model_needs(model: dict, threads: int) -> dict:
-    """Memory and speed of one staged model, from the batch tool's sizing table (batch/plan.py).
+    """Memory and speed of one staged model, from the one sizing model (whisper_hpc/sizing.py).
 
     For each of cpu, cpu_diarize, gpu, gpu_diarize: memory_mb to request, rtf (seconds of work
     per second of audio, pessimistic) and load_seconds.
     """
-    from whisper_hpc.batch import plan
-
     weights = Path(model["path"]) / "model.bin"
     size = weights.stat().st_size if weights.is_file() else None
-    parameters, _known = plan.model_parameters_m(model["name"], size)
+    parameters, _known = sizing.model_parameters_m(model["name"], size)
     needs = {}
     for gpu in (False, True):
         for diarize in (False, True):
-            workload = plan.Workload(parameters_m=parameters, gpu=gpu, threads=threads, diarize=diarize)
+            workload = sizing.Workload(parameters_m=parameters, gpu=gpu, threads=threads, diarize=diarize)
             key = ("gpu" if gpu else "cpu") + ("_diarize" if diarize else "")
-            needs[key] = {
+            needs[key] = {  # not rounded: the app must compute what job_size computes, to the bit
                 "memory_mb": workload.memory_mb(),
-                "rtf": round(workload.rtf_bound(), 4),
-                "load_seconds": round(workload.load_seconds(), 1),
+                "rtf": workload.rtf_bound(),
+                "load_seconds": workload.load_seconds(),
             }
     return needs
 
 
+def time_cap(max_seconds: int | None) -> int:
+    """The longest --time the app asks for: the site's max_time, or a week when that is unlimited."""
+    return max_seconds or MAX_HOURS_WHEN_UNLIMITED * 3600
+
+
+def job_size(needs: dict, audio_files: int, audio_bytes: int, largest_bytes: int, hours: int,
+             max_seconds: int | None, gpu: bool, diarize: bool) -> tuple[int, int]:
+    """(--time in seconds, --mem in MB) of one OnDemand job: what submit.yml.erb computes, in Python.
+
+    `needs` is one model's entry of job_policy()["needs"] (model_needs); audio_files, audio_bytes
+    and largest_bytes are what the walk of the chosen path found (audio_files reaches
+    MAX_FILES_SCANNED when it stopped there); hours is the user's own limit (0: estimate);
+    max_seconds is sizing.parse_time of the site's max_time (None: unlimited). The estimate is the
+    batch tool's (sizing.Workload.task_seconds with each file's length guessed from its size),
+    turned into a limit by sizing.time_limit_seconds. tests/test_ondemand.py checks the Ruby
+    against this function, and this function against sizing.
+    """
+    chosen = needs[("gpu" if gpu else "cpu") + ("_diarize" if diarize else "")]
+    cap = time_cap(max_seconds)
+    if audio_files >= MAX_FILES_SCANNED:
+        wanted = cap  # the walk stopped: the audio may be any length
+    else:
+        audio_seconds = audio_bytes / BYTES_PER_AUDIO_SECOND
+        estimate = chosen["load_seconds"] + audio_files * sizing.PER_FILE_SECONDS + audio_seconds * chosen["rtf"]
+        wanted = sizing.time_limit_seconds(estimate, cap)
+    seconds = min(hours * 3600 if hours > 0 else wanted, cap)
+    memory_mb = chosen["memory_mb"]
+    if diarize:
+        memory_mb += math.ceil(largest_bytes / BYTES_PER_AUDIO_SECOND * WAVEFORM_BYTES_PER_SECOND / 1048576)
+    return seconds, memory_mb
+
+
 def time_rules() -> dict:
-    """How the batch tool turns an estimate into a --time (plan.time_limit_seconds), as numbers."""
-    from whisper_hpc.batch import plan
-
+    """How an estimate becomes a --time (sizing.time_limit_seconds), as numbers."""
     return {
-        "per_file_seconds": plan.PER_FILE_SECONDS,
-        "floor_seconds": plan.TIME_FLOOR_SECONDS,
-        "margin_seconds": plan.TASK_MARGIN_SECONDS,
-        "margin_fraction": plan.TASK_MARGIN_FRACTION,
-    }
-
-
-def ondemand_settings(site: Site) -> dict:
-    """The [ondemand] keys that are not Site fields, with their defaults."""
-    section = site.raw.get("ondemand", {}) if isinstance(site.raw, dict) else {}
-    return {
-        "cluster": str(section.get("cluster", "*")),
-        "ood_version": str(section.get("ood_version", "3.1")),
-        "cpus_per_task": section.get("cpus_per_task", 4),
-        "lmod_init": str(section.get("lmod_init", DEFAULT_LMOD_INIT)),
+        "per_file_seconds": sizing.PER_FILE_SECONDS,
+        "floor_seconds": sizing.TIME_FLOOR_SECONDS,
+        "margin_seconds": sizing.TASK_MARGIN_SECONDS,
+        "margin_fraction": sizing.TASK_MARGIN_FRACTION,
     }
 
 
@@ -118,49 +137,20 @@ def version_at_least(version: str, wanted: tuple[int, ...]) -> bool:
 
 
 def check_site(site: Site, models: list[dict]) -> list[str]:
-    """Every reason the site configuration cannot make a safe, usable app (empty when fine)."""
+    """What the site schema cannot know and the app needs (empty when fine): staged models with plain names."""
     problems = []
     if not models:
         problems.append(f"no staged models under {site.model_root}: stage one with `whisper-models` before installing the OnDemand app")
     for model in models:
         if not SAFE_NAME.match(model["name"]):
             problems.append(f"model name '{model['name']}' has characters the form cannot offer safely")
-    roots = list(site.allowed_roots)
-    if not roots:
-        problems.append("[ondemand] allowed_roots is empty: users could pick no audio at all")
-    for root in roots:
-        if not str(root).startswith("/") or "\n" in str(root):
-            problems.append(f"[ondemand] allowed_roots entry '{root}' must be an absolute path")
-        elif os.path.normpath(str(root)) == "/":
-            problems.append("[ondemand] allowed_roots must not contain / (every file on the system)")
-    if not SAFE_NAME.match(site.module_version):
-        problems.append(f"[site] module_version '{site.module_version}' is not a plain version such as 0.1.0")
-    for key, value in (("[slurm] partition", site.partition), ("[slurm] account", site.account)):
-        if value and not SAFE_NAME.match(value):
-            problems.append(f"{key} '{value}' is not a plain Slurm name")
-    if not SAFE_GRES.match(site.gpu_gres or ""):
-        problems.append(f"[slurm] gpu_gres '{site.gpu_gres}' is not a plain gres specification such as gpu:1")
-    try:
-        parse_slurm_time(site.max_time)
-    except ValueError as error:
-        problems.append(f"[slurm] max_time: {error}")
-    settings = ondemand_settings(site)
-    if not SAFE_CLUSTER.match(settings["cluster"]):
-        problems.append(f"[ondemand] cluster '{settings['cluster']}' is not a plain cluster id or glob")
-    cpus = settings["cpus_per_task"]
-    if not isinstance(cpus, int) or isinstance(cpus, bool) or not 1 <= cpus <= 256:
-        problems.append(f"[ondemand] cpus_per_task must be a whole number from 1 to 256, not {cpus!r}")
-    if not re.fullmatch(r"\d+(\.\d+)*", settings["ood_version"]):
-        problems.append(f"[ondemand] ood_version '{settings['ood_version']}' is not a version number such as 3.1")
-    if not settings["lmod_init"].startswith("/"):
-        problems.append(f"[ondemand] lmod_init '{settings['lmod_init']}' must be an absolute path")
     return problems
 
 
 def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
     """What the ERB code checks each submission against, as one JSON-ready dict."""
-    settings = ondemand_settings(site)
-    max_seconds = parse_slurm_time(site.max_time)
+    settings = site.ondemand
+    max_seconds = sizing.parse_time(site.slurm.max_time)
     return {
         "models": [m["name"] for m in models],
         "english_only": [m["name"] for m in models if m["english_only"]],
@@ -168,23 +158,25 @@ def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
         "tasks": ["transcribe", "translate"],
         "formats": list(FORMATS),
         "media_suffixes": sorted(MEDIA_SUFFIXES),
-        "allowed_roots": [os.path.normpath(str(r)) for r in site.allowed_roots],
-        "partition": site.partition,
-        "account": site.account,
-        "gpu_gres": site.gpu_gres,
+        "allowed_roots": [os.path.normpath(r) for r in settings.allowed_roots],
+        "partition": site.slurm.partition,
+        "account": site.slurm.account,
+        "gpu_gres": site.slurm.gpu_gres,
         "max_seconds": max_seconds,
         "max_hours": (max_seconds // 3600) if max_seconds else MAX_HOURS_WHEN_UNLIMITED,
-        "cpus_per_task": settings["cpus_per_task"],
+        "time_cap_seconds": time_cap(max_seconds),
+        "cpus_per_task": settings.cpus_per_task,
         "max_speakers": 20,
-        "needs": {m["name"]: model_needs(m, settings["cpus_per_task"]) for m in models},
+        "needs": {m["name"]: model_needs(m, settings.cpus_per_task) for m in models},
         "time": time_rules(),
         "bytes_per_audio_second": BYTES_PER_AUDIO_SECOND,
+        "waveform_bytes_per_second": WAVEFORM_BYTES_PER_SECOND,
         "max_files_scanned": MAX_FILES_SCANNED,
-        "modules": {kind: f"{name}/{site.module_version}" for kind, name in MODULES.items()},
+        "modules": {kind: f"{name}/{site.site.module_version}" for kind, name in MODULES.items()},
         "module_path": str(prefix / "modulefiles"),
-        "lmod_init": settings["lmod_init"],
+        "lmod_init": settings.lmod_init,
         "output_folder": "transcripts",
-        "support": site.support,
+        "support": site.site.support,
     }
 
 
@@ -199,8 +191,8 @@ def yaml_scalar(value: object) -> str:
 
 
 def app_context(site: Site, models: list[dict], prefix: Path) -> dict:
-    settings = ondemand_settings(site)
-    default_model = site.default_model if site.default_model in {m["name"] for m in models} else models[0]["name"]
+    settings = site.ondemand
+    default_model = site.models.default if site.models.default in {m["name"] for m in models} else models[0]["name"]
     policy = job_policy(site, models, prefix)
     return {
         "site": site,
@@ -210,9 +202,9 @@ def app_context(site: Site, models: list[dict], prefix: Path) -> dict:
         "formats": FORMATS,
         "policy": policy,
         "policy_json": ruby_json(policy),
-        "cluster": settings["cluster"],
-        "path_selector": version_at_least(settings["ood_version"], (3, 1)),
-        "auto_attributes": version_at_least(settings["ood_version"], (3, 0)),
+        "cluster": settings.cluster,
+        "path_selector": version_at_least(settings.ood_version, (3, 1)),
+        "auto_attributes": version_at_least(settings.ood_version, (3, 0)),
         "max_hours": policy["max_hours"],
         "allowed_roots": policy["allowed_roots"],
     }
@@ -220,13 +212,13 @@ def app_context(site: Site, models: list[dict], prefix: Path) -> dict:
 
 def render_app(site: Site, prefix: Path, models: list[dict] | None = None) -> dict[str, str]:
     """Every file of the app, rendered: {relative path in the app: text}."""
-    from whisper_hpc.render import TEMPLATE_ROOT, environment, site_context
+    from whisper_hpc.render import environment, site_context
 
     staged = site_context(site)["models"] if models is None else models
     problems = check_site(site, staged)
     if problems:
         raise OnDemandError("cannot render the OnDemand app: " + "; ".join(problems))
-    env = environment(TEMPLATE_ROOT)
+    env = environment()
     env.filters["yaml"] = yaml_scalar
     context = app_context(site, staged, Path(prefix))
     return {target: env.get_template(template).render(**context) for template, (target, _) in APP_FILES.items()}
@@ -244,6 +236,5 @@ def install(site: Site, prefix: Path, models: list[dict] | None = None, target: 
     rendered = render_app(site, Path(prefix), models)
     target = Path(target) if target else app_dir(Path(prefix))
     for relative, mode in APP_FILES.values():
-        write_atomically(target / relative, rendered[relative])
-        os.chmod(target / relative, mode)
+        write_atomically(target / relative, rendered[relative], mode=mode)
     return target
