@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ HOSTILE = [
     ('[wrapper]\ndata_areas = ["/home", "/etc"]\n', r"\[wrapper\] data_areas entry 2 must be a data folder other than /etc"),
     ('[wrapper]\ndata_areas = ["/usr/share/data"]\n', r"must be a data folder outside /usr \(binding it would hide"),
     ('[paths]\nmodel_root = "/etc"\n', r"\[paths\] model_root must be a data folder other than /etc"),
+    ('[paths]\nmodel_root = "/usr/share/models"\n', r"\[paths\] model_root must be a data folder outside /usr"),
     ('[paths]\nmodel_root = "models"\n', r"\[paths\] model_root must be an absolute path, not 'models'"),
     ('[paths]\nmodel_root = "/srv/a,b"\n', r"\[paths\] model_root must be an absolute path without ',', ':'"),
     ('[wrapper]\ndata_areas = ["/home", "/data:/etc"]\n', r"data_areas entry 2 must be an absolute path without ','"),
@@ -93,11 +95,16 @@ def test_the_wrappers_site_keys_are_the_schemas():
     assert sw.SYSTEM_FOLDERS == schema.SYSTEM_FOLDERS
 
 
-@pytest.mark.parametrize("path", ["/", "/etc", "/etc/x", "/opt", "/opt/x", "/usr/../etc", "relative", "/a:b", "/a,b",
+@pytest.mark.parametrize("path", ["/", "/etc", "/etc/x", "/opt", "/opt/x", "/opt/whisper-hpc/models", "/usr/lib/m", "/usr/../etc", "relative", "/a:b", "/a,b",
                                   "/home", "/home/me", "/scratch/a b", "/optional"])
 def test_the_wrapper_and_the_schema_judge_paths_alike(path):
-    for data_area in (False, True):
-        assert sw.path_problem(path, data_area) == schema.path_problem(path, data_area), (path, data_area)
+    for rule in ("path", "data area", "model root"):
+        assert sw.path_problem(path, rule) == schema.path_problem(path, rule), (path, rule)
+    hints = {key: typing.get_type_hints(getattr(schema, table))[key]
+             for key, table in (("data_areas", "WrapperTable"), ("model_root", "PathsTable"))}
+    items = {key: (typing.get_args(kind)[0] if typing.get_args(kind) else kind) for key, kind in hints.items()}
+    assert sw.PATH_RULES == {key: schema.RULES[kind] for key, kind in items.items()}
+    assert sw.MODEL_ROOT_MAY_BE_INSIDE == schema.MODEL_ROOT_MAY_BE_INSIDE
 
 
 def run_wrapper(tmp_path: Path, site_file: Path, environ: dict | None = None) -> subprocess.CompletedProcess:

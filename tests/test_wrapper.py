@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shlex
 import signal
 import subprocess
@@ -33,7 +34,7 @@ SITE = {**sw.load_site(None), "data_areas": ["/home", "/scratch"], "model_root":
 
 
 def build(environ=None, arguments=("talk.wav",), subcommand="run", cwd="/scratch/me/project",
-          temp_dir="/tmp/singularity_wrapper.n1.42", existing=("/home", "/scratch", "/site/models"), devices=()):
+          temp_dir="/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef", existing=("/home", "/scratch", "/site/models"), devices=()):
     """The apptainer command for a made-up node where `existing` directories and `devices` exist."""
     environ = {"LANG": "C.UTF-8", **(environ or {})}
     return sw.container_command(
@@ -89,7 +90,8 @@ def test_program_arguments_pass_through_untouched_after_the_image():
 
 # ----- environment --------------------------------------------------------------------------
 
-def test_threads_follow_slurm_cpus_per_task():
+def test_threads_follow_slurm_cpus_per_task(monkeypatch):
+    monkeypatch.setattr(sw.os, "sched_getaffinity", lambda pid: set(range(8)))
     passed = env_passed(build({"SLURM_CPUS_PER_TASK": "3"})[0])
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
         assert passed[name] == "3"
@@ -98,7 +100,7 @@ def test_threads_follow_slurm_cpus_per_task():
 
 def test_caches_offline_and_models_inside_the_container():
     passed = env_passed(build({})[0])
-    temp = "/tmp/singularity_wrapper.n1.42"
+    temp = "/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef"
     assert passed["TMPDIR"] == passed["WHISPER_HPC_TMPDIR"] == temp
     for name in CACHE_VARIABLES:  # every cache the package itself redirects
         assert passed[name].startswith(temp + "/"), name
@@ -120,7 +122,7 @@ def test_values_that_env_flags_would_split_travel_as_apptainerenv():
 
 
 def test_apptainer_keeps_its_own_files_out_of_home():
-    assert build({})[1] == {"APPTAINER_CONFIGDIR": "/tmp/singularity_wrapper.n1.42/apptainer"}
+    assert build({})[1] == {"APPTAINER_CONFIGDIR": "/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef/apptainer"}
     assert build({"APPTAINER_CONFIGDIR": "/mine"})[1] == {}
 
 
@@ -129,7 +131,7 @@ def test_apptainer_keeps_its_own_files_out_of_home():
 def test_binds_data_areas_cwd_models_and_temp_dir():
     command, _ = build({}, cwd="/work/elsewhere", existing=("/home", "/site/models"))
     bound = pairs(command, "--bind")
-    assert bound == ["/home:/home", "/work/elsewhere:/work/elsewhere", "/tmp/singularity_wrapper.n1.42:/tmp/singularity_wrapper.n1.42",
+    assert bound == ["/home:/home", "/work/elsewhere:/work/elsewhere", "/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef:/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef",
                      "/site/models:/models:ro", "/site/models:/site/models:ro"]  # /scratch absent: not bound
     assert pairs(command, "--pwd") == ["/work/elsewhere"]
 
@@ -243,12 +245,17 @@ def test_broken_site_file_is_named(tmp_path):
 
 
 def test_stale_temp_dirs_of_ended_runs_are_removed(tmp_path):
-    dead, alive, other_host, foreign = (tmp_path / f"singularity_wrapper.{n}" for n in
-                                        ("n1.999999999.job5", "n1.1", "n2.999999999", "n1.notapid"))
+    dead, alive, other_host, foreign = (tmp_path / n for n in
+                                        ("n1.999999999.0f0f", "n1.1.a1b2", "n2.999999999.c3d4", "n1.notapid.e5f6"))
     for directory in (dead, alive, other_host, foreign):
         (directory / "cache").mkdir(parents=True)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    (dead / "cache" / "link").symlink_to(outside)  # a link inside is removed, never followed
     sw.remove_stale_temp_dirs(str(tmp_path), "n1", alive=lambda pid: pid == 1)
     assert not dead.exists() and alive.exists() and other_host.exists() and foreign.exists()
+    assert (outside / "keep").exists()
 
 
 # ----- real runs of the installed wrapper ---------------------------------------------------
@@ -277,7 +284,7 @@ def test_dry_run_prints_the_exact_command(installed_prefix, tmp_path):
     assert words[0] == "env"
     program = next(word for word in words[1:] if "=" not in word)  # after the variable assignments
     if installed_prefix.mode == "container":
-        assert words[1].startswith("APPTAINER_CONFIGDIR=" + str(tmp_path / "scratch"))
+        assert words[1].startswith("APPTAINER_CONFIGDIR=" + str(tmp_path / "scratch" / f"singularity_wrapper-{os.getuid()}"))
         assert Path(program).name == "apptainer" and "--cleanenv" in words and "--nv" not in words
         assert words[words.index(program) + 1] == "run"
     else:
@@ -300,11 +307,16 @@ def test_real_run_transcribes_and_leaves_no_cache_files(installed_prefix, tmp_pa
     assert f"singularity_wrapper: {installed_prefix.mode}" in first.stderr
     assert word_error_rate(references["jfk.flac"], (work / "jfk.txt").read_text()) < 0.2
     scratch = tmp_path / "scratch"
-    assert [p for p in scratch.rglob("*") if not p.is_dir()] == []      # every cache was removed
+    private = scratch / f"singularity_wrapper-{os.getuid()}"
+    assert [p.name for p in scratch.iterdir()] == [private.name] and (private.stat().st_mode & 0o777) == 0o700
+    assert list(private.iterdir()) == []                                 # whisper-hpc removed the job's folder
     assert [p for p in Path(env["HOME"]).rglob("*")] == []               # and nothing went to HOME
-    earlier = list(scratch.iterdir())
     second = subprocess.run([wrapper, "exec", "true"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
+    earlier = list(private.iterdir())                                    # `exec true` cannot remove its own
+    assert len(earlier) == 1 and (earlier[0] / ".remove-when-done").is_file()
+    third = subprocess.run([wrapper, "exec", "true"], env=env, cwd=work, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr
     assert not any(p.exists() for p in earlier)                          # the next run cleared the last one's
 
 

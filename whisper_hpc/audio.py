@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ WINDOW_SECONDS = 600.0  # audio held in memory at once; longer files are cut at 
 CUT_SEARCH_SECONDS = 20.0  # where, before a window's end, to look for the quietest moment
 FRAME_SECONDS = 0.1
 READ_BLOCK = 1 << 20
+INAUDIBLE_PEAK = 10 ** (-60 / 20)  # -60 dBFS: below any recorded speech, above dither noise
 
 
 class AudioError(WhisperHpcError):
@@ -28,9 +30,15 @@ class AudioError(WhisperHpcError):
 @dataclass(frozen=True)
 class AudioInfo:
     path: Path
-    duration: float | None
+    duration: float | None  # what ffprobe reports (for WAV it is clipped to the bytes that are there)
     channels: int
     format_name: str
+    claimed_duration: float | None = None  # what the file's own header promises, where it says
+
+    @property
+    def expected_duration(self) -> float | None:
+        known = [d for d in (self.duration, self.claimed_duration) if d]
+        return max(known) if known else None
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,15 @@ class AudioWindow:
     @property
     def duration(self) -> float:
         return len(self.samples) / SAMPLE_RATE
+
+    def between(self, start: float, end: float) -> np.ndarray:
+        """The samples from `start` to `end` seconds into the window."""
+        return self.samples[max(0, int(start * SAMPLE_RATE)):max(0, int(end * SAMPLE_RATE))]
+
+
+def inaudible(samples: np.ndarray) -> bool:
+    """Nothing anyone could hear: empty, or never louder than INAUDIBLE_PEAK (digital silence, a muted channel)."""
+    return samples.size == 0 or float(np.max(np.abs(samples))) < INAUDIBLE_PEAK
 
 
 def ffmpeg_url(path: Path) -> str:
@@ -55,13 +72,31 @@ def require_tool(name: str) -> str:
     return found
 
 
+FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
+              stat.S_IFSOCK: "a socket"}
+
+
 def probe(path: Path) -> AudioInfo:
-    """Check that `path` is readable media with an audio stream, before any model time is spent."""
-    if not path.exists():
-        raise AudioError(f"{path}: no such file; check the path")
-    if path.is_dir():
+    """Check that `path` is readable media with an audio stream, before any model time is spent.
+
+    Only regular files are opened: a device (a link to /dev/zero or /dev/urandom), a FIFO or a
+    socket is refused by its type, before anything reads it."""
+    if "\x00" in str(path):
+        shown = str(path).replace("\x00", "\\x00")
+        raise AudioError(f"{shown}: the name holds a NUL byte, which no file name can; fix the file list")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        kind = "a broken symbolic link" if path.is_symlink() else None
+        raise AudioError(f"{path}: no such file{f' ({kind})' if kind else ''}; check the path") from None
+    except OSError as error:
+        raise AudioError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
+    if stat.S_ISDIR(info.st_mode):
         raise AudioError(f"{path}: is a directory, not an audio file")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(info.st_mode):
+        kind = FILE_KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise AudioError(f"{path}: is {kind}, not an audio file; give a recording stored in a file")
+    if info.st_size == 0:
         raise AudioError(f"{path}: the file is empty (0 bytes); re-copy or re-record it")
     command = [
         require_tool("ffprobe"), "-v", "error", "-show_entries",
@@ -78,7 +113,36 @@ def probe(path: Path) -> AudioInfo:
     fmt = data["format"]
     # The audio stream's own duration: a video's container may run longer than its sound.
     duration = seconds_or_none(audio_streams[0].get("duration")) or seconds_or_none(fmt.get("duration"))
-    return AudioInfo(path, duration, int(audio_streams[0].get("channels") or 1), fmt.get("format_name", "?"))
+    format_name = fmt.get("format_name", "?")
+    claimed = wav_claimed_seconds(path) if format_name in ("wav", "rf64", "w64") else None
+    return AudioInfo(path, duration, int(audio_streams[0].get("channels") or 1), format_name, claimed)
+
+
+def wav_claimed_seconds(path: Path) -> float | None:
+    """The length a RIFF WAVE header promises (its data chunk's size over the byte rate); None when
+    the header says nothing usable (streamed WAV, RF64 placeholder, no fmt chunk)."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            byte_rate = None
+            for _ in range(64):  # chunks before the data; a header never needs more
+                chunk = stream.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+                if name == b"fmt ":
+                    body = stream.read(size + size % 2)
+                    byte_rate = int.from_bytes(body[8:12], "little") if len(body) >= 12 else None
+                    continue
+                if name == b"data":
+                    unknown = size in (0, 0xFFFFFFFF)
+                    return None if unknown or not byte_rate else size / byte_rate
+                stream.seek(size + size % 2, 1)
+    except OSError:
+        return None
+    return None
 
 
 def seconds_or_none(value: object) -> float | None:
@@ -173,7 +237,7 @@ def stream_windows(
 
 def check_complete(info: AudioInfo, decoded_seconds: float, errors: str) -> None:
     """Refuse a damaged file rather than silently transcribing part of it."""
-    expected = info.duration
+    expected = info.expected_duration
     if expected and decoded_seconds < 0.9 * expected - 1.0:
         raise AudioError(
             f"{info.path}: truncated or damaged: decoded {decoded_seconds:.1f} s of {expected:.1f} s "

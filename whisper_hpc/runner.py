@@ -93,7 +93,8 @@ def run_jobs(
             summary.done += 1
             progress.file_finished(index, str(job.source), duration, time.monotonic() - started)
         except (audio.AudioError, OSError, ValueError, RuntimeError) as error:
-            message = str(error) if str(job.source) in str(error) else f"{job.source}: {error}"
+            shown = str(job.source).replace("\x00", "\\x00")  # a NUL byte would cut the line short
+            message = str(error) if shown in str(error) else f"{shown}: {error}"
             summary.failed.append(message)
             print(f"error: {message}", file=errors, flush=True)
     return summary
@@ -120,20 +121,25 @@ def transcribe_file(
     window_options = options
     name = info.path.name if label is None else f"{info.path.name} ({label})"
     for window in audio.stream_windows(info, channel, settings.window_seconds, strict=settings.strict_audio):
-        result = engine.transcribe(window.samples, window_options)
         if speakers is not None:
             speakers.add(window.offset, window.samples)
+        decoded = window.offset + window.duration
+        if audio.inaudible(window.samples):  # Whisper would only invent words ("You") for silence
+            progress.within_file(name, decoded, info.duration, started)
+            continue
+        result = engine.transcribe(window.samples, window_options)
         if language is None:
             language, probability = result.language, result.language_probability
             # Later windows keep the language found at the start, as one pass over the file would.
             window_options = replace(window_options, language=language)
         for segment in result.segments:
+            if audio.inaudible(window.between(segment.start, segment.end)):
+                continue
             placed = segment.shifted(window.offset)
             segments.append(placed)
             if settings.verbose:
                 print(f"[{placed.start:8.2f} --> {placed.end:8.2f}] {placed.text.strip()}", flush=True)
             progress.within_file(name, placed.end, info.duration, started)
-        decoded = window.offset + window.duration
         del window, result
         runtime.release_freed_memory()
         if options.condition_on_previous_text and segments:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -33,6 +34,8 @@ CACHE_VARIABLES = {
 }
 # What libraries put in "the" temporary directory (onnxruntime's .ses files, for one) goes in too.
 TEMP_DIRECTORY = "tmp"
+# singularity_wrapper leaves this in the per-job folder it makes: the program removes that folder at its end.
+WRAPPER_REMOVE_MARKER = ".remove-when-done"
 
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
@@ -51,14 +54,16 @@ def make_offline(environ: dict[str, str] | None = None) -> None:
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: Slurm's allocation first, then the affinity mask."""
+    """CPUs this process may use: Slurm's allocation, capped at the affinity mask (a hostile or
+    mistaken SLURM_CPUS_PER_TASK=99999 gets the CPUs that are really there)."""
+    try:
+        usable = max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        usable = max(1, os.cpu_count() or 1)
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
     if slurm.isdigit() and int(slurm) > 0:
-        return int(slurm)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return min(int(slurm), usable)
+    return usable
 
 
 def pin_threads(threads: int, environ: dict[str, str] | None = None) -> None:
@@ -103,13 +108,33 @@ class RunDirectory:
 _current_run: RunDirectory | None = None
 
 
+def wrapper_job_folder() -> Path | None:
+    """The per-job folder singularity_wrapper made for this process, if it asked for its removal
+    (its marker is there, and the folder is this user's own, private, and no symbolic link)."""
+    named = os.environ.get("WHISPER_HPC_TMPDIR")
+    if not named:
+        return None
+    folder = Path(named)
+    try:
+        info = folder.lstat()
+        marked = (folder / WRAPPER_REMOVE_MARKER).is_file()
+    except OSError:
+        return None
+    private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+    return folder if marked and private else None
+
+
 def start_run() -> RunDirectory:
-    """Create this process's run directory, point every cache into it, remove it at exit."""
+    """Create this process's run directory, point every cache into it, remove it at exit (and the
+    wrapper's per-job folder around it, when the wrapper asked for that)."""
     global _current_run
     if _current_run is None:
         _current_run = RunDirectory()
         _current_run.point_caches_here()
         atexit.register(_current_run.cleanup)
+        job_folder = wrapper_job_folder()
+        if job_folder is not None:
+            atexit.register(shutil.rmtree, job_folder, ignore_errors=True)
     return _current_run
 
 

@@ -38,8 +38,11 @@ VERSION = re.compile(r"\A[A-Za-z0-9_.+-]{1,64}\Z")
 VARIABLE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 
 # Value kinds beyond str, int and bool; each names the rule its values obey.
-AbsolutePath = typing.NewType("AbsolutePath", str)       # absolute, no ',' or ':'
-DataArea = typing.NewType("DataArea", str)               # an AbsolutePath that is no system folder
+AbsolutePath = typing.NewType("AbsolutePath", str)       # absolute, no ',' or ':', not a system folder itself
+DataArea = typing.NewType("DataArea", str)               # nor inside one: it is bound as it is
+ModelRoot = typing.NewType("ModelRoot", str)             # bound too, but it may lie inside /opt
+RULES = {AbsolutePath: "path", DataArea: "data area", ModelRoot: "model root"}
+MODEL_ROOT_MAY_BE_INSIDE = ("/opt",)  # it is bound at /models and at its own path, which the image leaves free
 Paths = tuple[AbsolutePath, ...]
 DataAreas = tuple[DataArea, ...]
 Names = tuple[str, ...]
@@ -89,7 +92,7 @@ class PathsTable:
     """[paths]: where things live on the cluster."""
 
     prefix: AbsolutePath = key("/opt/whisper-hpc", "the installation folder (make install's PREFIX default)")
-    model_root: AbsolutePath = key("/opt/whisper-hpc/models", "staged models, bound read-only at /models")
+    model_root: ModelRoot = key("/opt/whisper-hpc/models", "staged models, bound read-only at /models")
     images: AbsolutePath = key("/opt/whisper-hpc/images", "whisper.sif and whisper-diarization.sif")
 
 
@@ -174,23 +177,25 @@ class Site:
 
 # ----- the rules -------------------------------------------------------------------------------
 
-def system_folder(path: str, inside: bool = True) -> str | None:
+def system_folder(path: str, inside: bool = True, may_be_inside: tuple[str, ...] = ()) -> str | None:
     """The system folder a bind of `path` would hide (`/` too), or None; with `inside`, a folder
     inside one counts as well. `path` is normalised here, not resolved."""
     normal = os.path.normpath(path)
     if normal == "/" or normal.startswith("//"):
         return "/"
-    return next((f for f in SYSTEM_FOLDERS if normal == f or (inside and normal.startswith(f + "/"))), None)
+    return next((f for f in SYSTEM_FOLDERS
+                 if normal == f or (inside and f not in may_be_inside and normal.startswith(f + "/"))), None)
 
 
-def path_problem(value: str, data_area: bool = False) -> str | None:
-    """Why `value` cannot be a site path (None when it can). Any path may not be `/` or a system
-    folder; a data area may not lie inside one either."""
+def path_problem(value: str, rule: str = "path") -> str | None:
+    """Why `value` cannot be a site path (None when it can). No path may be `/` or a system
+    folder; a "data area" may not lie inside one either, nor a "model root" outside /opt."""
     if not value.startswith("/"):
         return "an absolute path"
     if any(c in value for c in BIND_SEPARATORS) or any(ord(c) < 32 for c in value):
         return "an absolute path without ',', ':' or control characters (apptainer's bind syntax)"
-    hidden = system_folder(value, inside=data_area)
+    may_be_inside = MODEL_ROOT_MAY_BE_INSIDE if rule == "model root" else ()
+    hidden = system_folder(value, inside=rule != "path", may_be_inside=may_be_inside)
     if hidden:
         where = f"other than {hidden}" if os.path.normpath(value) == hidden else f"outside {hidden}"
         return f"a data folder {where} (binding it would hide the container's own)"
@@ -199,7 +204,7 @@ def path_problem(value: str, data_area: bool = False) -> str | None:
 
 def kind_of(annotation) -> str:
     return {str: "a string", int: "a whole number", bool: "true or false", AbsolutePath: "an absolute path",
-            DataArea: "an absolute path", Paths: "a list of absolute paths", DataAreas: "a list of absolute paths",
+            DataArea: "an absolute path", ModelRoot: "an absolute path", Paths: "a list of absolute paths", DataAreas: "a list of absolute paths",
             Names: "a list of strings"}[annotation]
 
 
@@ -222,11 +227,11 @@ def converted(annotation, value, where: str):
         if not isinstance(value, int) or isinstance(value, bool):
             raise wrong
         return value
-    if annotation in (str, AbsolutePath, DataArea):
+    if annotation in (str, *RULES):
         if not isinstance(value, str):
             raise wrong
         if annotation is not str:
-            problem = path_problem(value, data_area=annotation is DataArea)
+            problem = path_problem(value, RULES[annotation])
             if problem:
                 raise SiteError(f"{where} must be {problem}, not {value!r}")
         return value
