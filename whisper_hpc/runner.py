@@ -88,7 +88,11 @@ def run_jobs(
             for channel in channels:
                 label = None if channel is None else channel_names(info.channels)[channel]
                 transcript = transcribe_file(engine, info, channel, label, options, settings, progress, file_speakers)
-                write_transcript(transcript, job.channel_base(label), settings.formats)
+                try:
+                    write_transcript(transcript, job.channel_base(label), settings.formats)
+                except OSError as error:
+                    raise OSError(error.errno, f"cannot write its transcripts in {job.output_base.parent} "
+                                  f"({error.strerror}); free some space there or choose another --output_dir") from None
                 duration = transcript.duration
             summary.done += 1
             progress.file_finished(index, str(job.source), duration, time.monotonic() - started)
