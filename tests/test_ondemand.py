@@ -7,7 +7,6 @@ argv the batch tool gets), or through the real sbatch of the test cluster (real 
 
 from __future__ import annotations
 
-import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -388,8 +387,7 @@ def sizing_says(model: str, gpu: bool, diarize: bool, sizes: list[int], hours: i
         durations = [size / ondemand.BYTES_PER_AUDIO_SECOND for size in sizes]
         estimated = sizing.time_limit_seconds(workload.task_seconds(durations), cap)
     seconds = min(hours * 3600, cap) if hours else estimated
-    waveform_mb = math.ceil(max(sizes) / ondemand.BYTES_PER_AUDIO_SECOND * 16000 * 4 / 2**20) if diarize else 0
-    return seconds, workload.memory_mb() + waveform_mb
+    return seconds, workload.memory_mb(longest_seconds=max(sizes) / ondemand.BYTES_PER_AUDIO_SECOND)
 
 
 def test_memory_and_time_follow_the_model_and_the_audio(workspace: Workspace):

@@ -143,3 +143,10 @@ def test_module_help_advises_what_whisper_batch_requests():
                                           ("distil-large-v3", None), ("kb-whisper-small", None), ("medium", "medium")])
 def test_model_family(name, family):
     assert sizing.model_family(name) == family
+
+
+def test_diarization_asks_for_the_longest_recordings_waveform_on_top():
+    plain, diarized = sizing.Workload(39), sizing.Workload(39, diarize=True)
+    assert plain.memory_mb(longest_seconds=4 * 3600) == plain.memory_mb()  # no pipeline: no waveform held
+    hour = diarized.memory_mb(longest_seconds=3600) - diarized.memory_mb()
+    assert hour == sizing.waveform_mb(3600) == 220  # 3600 s x 16000 x 4 bytes, in MiB, rounded up

@@ -15,7 +15,6 @@ The [ondemand] table of the site file (whisper_hpc/site.py) holds the app's own 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -55,8 +54,6 @@ class OnDemandError(WhisperHpcError):
 BYTES_PER_AUDIO_SECOND = 8000
 # Walking a huge folder on the web node must not hang the form: past this, ask for the maximum.
 MAX_FILES_SCANNED = 20000
-# Diarization holds a whole recording's waveform in memory: 16 kHz float32, 64000 bytes a second.
-WAVEFORM_BYTES_PER_SECOND = 16000 * 4
 # What submit.yml.erb passes to the job (script: job_environment:, exported by OnDemand's Slurm
 # adapter with --export), so that template/*.sh.erb need not walk the audio again.
 JOB_ENVIRONMENT = {
@@ -117,7 +114,7 @@ def job_size(needs: dict, audio_files: int, audio_bytes: int, largest_bytes: int
     seconds = min(hours * 3600 if hours > 0 else wanted, cap)
     memory_mb = chosen["memory_mb"]
     if diarize:
-        memory_mb += math.ceil(largest_bytes / BYTES_PER_AUDIO_SECOND * WAVEFORM_BYTES_PER_SECOND / 1048576)
+        memory_mb += sizing.waveform_mb(largest_bytes / BYTES_PER_AUDIO_SECOND)
     return seconds, memory_mb
 
 
@@ -170,7 +167,7 @@ def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
         "needs": {m["name"]: model_needs(m, settings.cpus_per_task) for m in models},
         "time": time_rules(),
         "bytes_per_audio_second": BYTES_PER_AUDIO_SECOND,
-        "waveform_bytes_per_second": WAVEFORM_BYTES_PER_SECOND,
+        "waveform_bytes_per_second": sizing.WAVEFORM_BYTES_PER_SECOND,
         "max_files_scanned": MAX_FILES_SCANNED,
         "modules": {kind: f"{name}/{site.site.module_version}" for kind, name in MODULES.items()},
         "module_path": str(prefix / "modulefiles"),

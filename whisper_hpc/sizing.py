@@ -35,6 +35,8 @@ MEMORY_FIT_MB = {
     ("openai-whisper", "float16"): (364.0, 7.94),  # loads float32 on the host, then moves to the GPU
 }
 DIARIZATION_MEMORY_MB = 1500  # pyannote pipeline peak, measured at 1.3 GB on real weights
+# Diarization holds a whole recording's waveform in memory: 16 kHz float32, 64000 bytes a second.
+WAVEFORM_BYTES_PER_SECOND = 16000 * 4
 MEMORY_SAFETY = 1.5
 MEMORY_FLOOR_MB = 1024
 MEMORY_STEP_MB = 256
@@ -102,10 +104,12 @@ class Workload:
         intercept, slope = MEMORY_FIT_MB.get((self.backend, self.precision), MEMORY_FIT_MB[("openai-whisper", "float32")])
         return intercept + slope * self.parameters_m + (DIARIZATION_MEMORY_MB if self.diarize else 0)
 
-    def memory_mb(self) -> int:
-        """Host memory to request, rounded up; includes the safety factor."""
+    def memory_mb(self, longest_seconds: float = 0.0) -> int:
+        """Host memory to request, rounded up; includes the safety factor, and, when diarizing, the
+        waveform of the longest recording (`longest_seconds`), which the pipeline holds whole."""
         wanted = max(MEMORY_FLOOR_MB, self.peak_mb() * MEMORY_SAFETY)
-        return int(math.ceil(wanted / MEMORY_STEP_MB) * MEMORY_STEP_MB)
+        rounded = int(math.ceil(wanted / MEMORY_STEP_MB) * MEMORY_STEP_MB)
+        return rounded + (waveform_mb(longest_seconds) if self.diarize else 0)
 
     def rtf_bound(self) -> float:
         """Seconds of work per second of audio, pessimistic (includes RTF_SAFETY)."""
@@ -131,6 +135,11 @@ class Workload:
 
     def task_seconds(self, durations: Sequence[float | None], loads: int = 1) -> float:
         return loads * self.load_seconds() + sum(self.file_seconds(d) for d in durations)
+
+
+def waveform_mb(seconds: float) -> int:
+    """Megabytes a recording of `seconds` takes as one 16 kHz float32 waveform."""
+    return math.ceil(seconds * WAVEFORM_BYTES_PER_SECOND / 1048576)
 
 
 def time_limit_seconds(estimate: float, cap: int | None) -> int:

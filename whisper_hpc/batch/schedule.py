@@ -109,6 +109,7 @@ def plan_array(manifest: Manifest, indices: Sequence[int], request: Transcriptio
                           f"{MAX_ARRAY_TASKS}: pass a larger --chunk_size")
         target *= 1.1 * len(tasks) / MAX_ARRAY_TASKS
         tasks = plan.make_chunks(grouped, seconds, target)
+    longest = max((manifest.entries[i].duration or sizing.UNKNOWN_DURATION_SECONDS for i in indices), default=0.0)
     estimates = [
         work.task_seconds([manifest.entries[i].duration for i in chunk], loads=len(invocations(manifest.entries, chunk)))
         for chunk in tasks
@@ -120,7 +121,7 @@ def plan_array(manifest: Manifest, indices: Sequence[int], request: Transcriptio
     request = slurm.ArrayRequest(
         tasks=len(tasks),
         throttle=throttle,
-        memory=settings.get("mem") or sizing.format_memory(work.memory_mb()),
+        memory=settings.get("mem") or sizing.format_memory(work.memory_mb(longest)),
         time=sizing.format_time(limit),
         cpus=cpus_wanted(request, settings),
         partition=settings.get("partition", site.slurm.partition),
