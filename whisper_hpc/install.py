@@ -31,7 +31,7 @@ from whisper_hpc.errors import WhisperHpcError, report
 from whisper_hpc.files import link_atomically, write_atomically
 from whisper_hpc.model_store import list_staged, variable_name
 from whisper_hpc.render import render, site_context, template_text
-from whisper_hpc.site import Site, load_site, site_toml
+from whisper_hpc.site import PathsTable, Site, load_site, path_problem, site_toml
 
 MODULES = {
     # module name: (template, image file)
@@ -58,23 +58,33 @@ class InstallError(WhisperHpcError):
 # ----- the rendering context ------------------------------------------------------------------
 
 def installed_site(site: Site, prefix: Path) -> Site:
-    """The site as installed: its prefix is PREFIX, and images live under PREFIX/images unless
-    the site file names another folder."""
+    """The site as installed: its prefix is PREFIX (checked as the schema checks [paths] prefix),
+    and images live under PREFIX/images unless the site file names another folder."""
+    problem = path_problem(str(prefix))
+    if problem:
+        raise InstallError(f"--prefix must be {problem}, not {str(prefix)!r}")
     paths = site.paths
-    default_images = paths.images == str(Path(paths.prefix) / "images")
-    images = str(prefix / "images") if default_images else paths.images
+    images_follow = paths.images in (str(Path(paths.prefix) / "images"), PathsTable().images)
+    images = str(prefix / "images") if images_follow else paths.images
     return dataclasses.replace(site, paths=dataclasses.replace(paths, prefix=str(prefix), images=images))
 
 
 def usable_models(site: Site, warn) -> list:
-    """The staged models whose names make usable shell variables."""
-    models = []
+    """The staged models whose names make usable shell variables, one model per variable. A name
+    with a control character is left out too: Lmod writes a line break in a value straight into
+    the shell code that `module load` runs."""
+    models, taken = [], {}
     for model in list_staged(site.model_root):
         variable = variable_name(model.name)
-        if not SHELL_NAME.match(variable) or variable in RESERVED_NAMES:
+        if any(ord(c) < 32 or ord(c) == 127 for c in model.name):
+            warn(f"model {model.name!r} is staged but its folder name has a control character; rename its folder")
+        elif not SHELL_NAME.match(variable) or variable in RESERVED_NAMES:
             warn(f"model {model.name} is staged but ${variable} cannot be a module variable; rename its folder")
-            continue
-        models.append(model)
+        elif variable in taken:
+            warn(f"models {taken[variable]} and {model.name} would both be ${variable}; {model.name} is left out")
+        else:
+            taken[variable] = model.name
+            models.append(model)
     return models
 
 

@@ -315,9 +315,13 @@ def toml_value(value) -> str:
         return str(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    import json
+    return toml_string(str(value))
 
-    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a TOML basic string
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: quote and backslash escaped, control characters (DEL too) as \\uXXXX."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + "".join(f"\\u{ord(c):04x}" if ord(c) < 32 or ord(c) == 127 else c for c in escaped) + '"'
 
 
 def site_toml(site: Site, header: str) -> str:
