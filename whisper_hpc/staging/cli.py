@@ -68,6 +68,24 @@ def parser() -> argparse.ArgumentParser:
 
     remover = commands.add_parser("remove", help="remove staged models or pipelines (and interrupted downloads)")
     remover.add_argument("names", nargs="+", metavar="NAME")
+
+    from whisper_hpc.staging.exchange import FORMATS, QUANTIZATIONS
+
+    importer = commands.add_parser("import", help="stage a Hugging Face Whisper (hub id, transformers folder, MindSpeed-MM checkpoint)")
+    importer.add_argument("source", metavar="SOURCE", help="owner/name on the hub, a transformers folder, or model_optim_rng.pt")
+    importer.add_argument("--name", required=True, help="the model's name in the model root (--model NAME)")
+    importer.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
+                          help="CTranslate2 weights for faster-whisper (default: int8)")
+    importer.add_argument("--config", type=Path, metavar="DIR",
+                          help="for a MindSpeed-MM checkpoint: the transformers folder (config, tokenizer) it was trained from")
+    importer.add_argument("--revision", default="main", help="a hub revision (branch, tag or commit; default: main)")
+    importer.add_argument("--token-file", type=Path, metavar="FILE", help="a file (mode 600) with a hub token, for gated repos")
+    importer.add_argument("--overwrite", action="store_true", help="replace a staged model of that name")
+
+    exporter = commands.add_parser("export", help="write a staged model as transformers, mindspeed or openai files")
+    exporter.add_argument("name", metavar="NAME")
+    exporter.add_argument("--format", required=True, choices=FORMATS)
+    exporter.add_argument("--output", required=True, type=Path, metavar="DIR", help="a new (or empty) folder")
     return top
 
 
@@ -196,6 +214,24 @@ def for_each(items, action) -> int:
     return status
 
 
+def run_import(arguments, root: Path) -> int:
+    from whisper_hpc.staging.exchange import ImportOptions, import_model
+
+    if not NAME.match(arguments.name) or arguments.name == DIARIZATION:
+        raise UsageError(f"--name {arguments.name!r}: use letters, digits, '.', '_' and '-' (it becomes --model NAME)")
+    token = read_token(arguments.token_file, {TOKEN_VARIABLE: arguments.token_from_environment or ""})
+    options = ImportOptions(quantization=arguments.quantization, config=arguments.config, revision=arguments.revision,
+                            token=token, overwrite=arguments.overwrite, say=say)
+    return for_each([arguments.name], lambda name: import_model(arguments.source, name, root, options))
+
+
+def run_export(arguments, root: Path) -> int:
+    from whisper_hpc.staging.exchange import export_model
+
+    return for_each([arguments.name], lambda name: export_model(resolve_model(name, root), arguments.format,
+                                                                 arguments.output, say=say))
+
+
 COMMANDS = {
     "list": run_list,
     "fetch": run_fetch,
@@ -203,4 +239,6 @@ COMMANDS = {
     "convert": run_convert,
     "import-package": run_import_package,
     "remove": run_remove,
+    "import": run_import,
+    "export": run_export,
 }

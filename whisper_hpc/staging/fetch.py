@@ -72,7 +72,7 @@ def fetch_entry(entry: WhisperEntry | PipelineEntry, root: Path, options: FetchO
     return final
 
 
-def _hub_files(entry_repo: str, revision: str, work: Path, options: FetchOptions, *, token: Token | None,
+def hub_files(entry_repo: str, revision: str, work: Path, options: FetchOptions, *, token: Token | None,
                allow: list[str] | None = None, ignore: list[str] | None = None) -> dict:
     options.say(f"  {entry_repo} at {revision} from {hub.endpoint()}")
     snapshot = hub.resolve(entry_repo, revision, token, allow, ignore)
@@ -93,7 +93,7 @@ def _hub_files(entry_repo: str, revision: str, work: Path, options: FetchOptions
 def _stage_whisper(entry: WhisperEntry, work: Path, options: FetchOptions) -> tuple[str, list[dict]]:
     options.say(f"{entry.name}: fetching")
     revision = options.revision or entry.ctranslate2_revision
-    sources = [_hub_files(entry.ctranslate2_repo, revision, work, options, token=None, allow=list(entry.ctranslate2_patterns))]
+    sources = [hub_files(entry.ctranslate2_repo, revision, work, options, token=None, allow=list(entry.ctranslate2_patterns))]
     missing = [f for f in CTRANSLATE2_FILES if not (work / f).is_file()]
     if missing:
         raise FetchError(f"{entry.ctranslate2_repo} has no {', '.join(missing)}: not a faster-whisper model repository")
@@ -125,7 +125,7 @@ def _stage_pipeline(entry: PipelineEntry, work: Path, options: FetchOptions) -> 
     options.say(f"{entry.name}: fetching the diarization pipeline")
     revision = options.revision or entry.revision
     token = options.token if entry.gated else None
-    source = _hub_files(entry.repo, revision, work, options, token=token, ignore=list(entry.ignore_patterns))
+    source = hub_files(entry.repo, revision, work, options, token=token, ignore=list(entry.ignore_patterns))
     if entry.license:
         source["license"] = entry.license
     check_pipeline(work, downloaded=True)
