@@ -97,6 +97,9 @@ def invocations(entries: Sequence[Entry], indices: Sequence[int]) -> list[tuple[
 
 
 def check_invocation(entries: Sequence[Entry], output_dir: str, indices: Sequence[int]) -> None:
+    for index in indices:  # an entry is one file: a folder would be walked (a damaged manifest)
+        if os.path.isdir(entries[index].path):
+            raise NamingError(f"{entries[index].path}: a folder, not a file; a manifest entry names one file")
     jobs = collect_jobs([entries[i].path for i in indices], Path(output_dir))
     got = {str(job.source): str(job.output_base) for job in jobs}
     for index in indices:

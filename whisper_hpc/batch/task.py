@@ -2,8 +2,10 @@
 
 The chunk's paths go to whisper-hpc in a --file_list (or, for a name a line-based list cannot
 carry, as an argument), and whisper-hpc is exec'd from an argument list: no shell ever sees a
-file name. whisper-hpc writes each transcript atomically and skips finished files, so a task
-killed mid-file leaves nothing half-written and a resubmission finishes what is left.
+file name. The manifest is checked first (Manifest.check: absolute paths, outputs inside the
+batch's output folder, engine flags whisper-hpc accepts that leave the outputs to the task).
+whisper-hpc writes each transcript atomically and skips finished files, so a task killed
+mid-file leaves nothing half-written and a resubmission finishes what is left.
 """
 
 from __future__ import annotations
@@ -137,7 +139,12 @@ def invocation_argv(manifest: Manifest, output_dir: str, indices: Sequence[int],
 
 
 def run_task(manifest: Manifest, submission_number: int | None, task: int, job_id: str | None = None) -> int:
-    """Transcribe one task's chunk; write results-S-T.json; 0 all done, 1 some not, 2 set-up error."""
+    """Transcribe one task's chunk; write results-S-T.json; 0 all done, 1 some not, 2 set-up error.
+
+    A manifest that is damaged or leads outside its output folder is refused (ManifestError)
+    before anything is run or written.
+    """
+    manifest.check()
     submission = manifest.submission(submission_number)
     if not 0 <= task < len(submission.tasks):
         print(f"whisper-batch: task {task} is not in submission {submission.number} of {manifest.path} "
