@@ -137,6 +137,29 @@ def _resolve_aliases(
         variables[alias] = variables[target]
 
 
+_STORAGE_NAMES = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", _BF16: "bfloat16"}
+
+
+def weight_storage(model_bin: Path) -> str:
+    """How a model.bin stores most of its bytes (int8, float16, float32, ...): its quantization.
+    Reads only the variables' headers."""
+    model_bin = Path(model_bin)
+    totals: dict[str, int] = {}
+    with open(model_bin, "rb") as handle:
+        reader = _Reader(handle, model_bin)
+        _read_header(reader)
+        for _ in range(reader.unpack("I")):
+            reader.string()
+            shape = [reader.unpack("I") for _ in range(reader.unpack("B"))]
+            type_id = reader.unpack("B")
+            num_bytes = reader.unpack("I")
+            if type_id not in _STORAGE_NAMES or len(shape) > 8:
+                raise ValueError(f"{model_bin}: not a CTranslate2 model file I can read")
+            totals[_STORAGE_NAMES[type_id]] = totals.get(_STORAGE_NAMES[type_id], 0) + num_bytes
+            handle.seek(num_bytes, 1)
+    return max(totals, key=totals.get) if totals else "empty"
+
+
 def read_ctranslate2_variables(model_bin: Path) -> dict[str, numpy.ndarray]:
     """All variables of a CTranslate2 model.bin, aliases resolved, as numpy arrays."""
     model_bin = Path(model_bin)

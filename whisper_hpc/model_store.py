@@ -48,7 +48,10 @@ class StagedModel:
 
     @property
     def english_only(self) -> bool:
-        return self.name.endswith(".en")
+        """tiny.en and friends by name; an imported model by what its manifest recorded of it."""
+        if self.name.endswith(".en"):
+            return True
+        return any(source.get("english_only") for source in self.manifest().get("sources", []) if isinstance(source, dict))
 
     def manifest(self) -> dict:
         try:

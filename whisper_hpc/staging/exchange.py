@@ -38,6 +38,7 @@ QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32")
 FORMATS = ("transformers", "mindspeed", "openai")
 MINDSPEED_CHECKPOINT = "model_optim_rng.pt"
 COPIED_FILES = (hf_format.TOKENIZER, hf_format.PREPROCESSOR)
+MULTILINGUAL_VOCABULARY = 51865  # English-only Whisper vocabularies have 51864 tokens, multilingual ones more
 SOURCES = ".sources"  # ROOT/.staging/.sources/<name>: a hub download, kept until the import succeeds (resume)
 
 
@@ -75,6 +76,7 @@ def import_model(source: str, name: str, root: Path, options: ImportOptions) -> 
             replace_or_publish(work, final, root)
         finally:
             discard(prepared)
+            discard(work)  # a failed import leaves no half-converted files (a published one was renamed away)
         discard(staging_dir(root, f"{SOURCES}/{name}"))
     options.say(f"{name}: staged in {final} ({tree_size(final) / 1e6:.1f} MB, {options.quantization}, read-only)")
     return final
@@ -108,6 +110,7 @@ def convert_transformers(folder: Path, prepared: Path, work: Path, options: Impo
 
     transformers = hf_format.import_transformers()
     config = hf_format.check_transformers_folder(folder)
+    check_weights(folder, transformers)
     source = with_language_ids(folder, prepared)
     expected = expected_ids(source)
     options.say(f"  converting with CTranslate2 {ctranslate2.__version__} ({options.quantization})")
@@ -129,7 +132,8 @@ def convert_transformers(folder: Path, prepared: Path, work: Path, options: Impo
     write_openai_checkpoint(source, work / OPENAI_CHECKPOINT, config)
     provenance["sources"].append({
         "kind": "converted", "quantization": options.quantization, "architecture": hf_format.ARCHITECTURE,
-        "dims": openai_dims(config), "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
+        "dims": openai_dims(config), "english_only": config["vocab_size"] < MULTILINGUAL_VOCABULARY,
+        "ctranslate2": ctranslate2.__version__, "transformers": transformers.__version__,
         "files": sorted(p.name for p in work.iterdir()),
     })
 
@@ -171,6 +175,26 @@ def openai_dims(config: dict) -> dict[str, int]:
         "n_text_ctx": config["max_target_positions"], "n_text_state": config["d_model"],
         "n_text_head": config["decoder_attention_heads"], "n_text_layer": config["decoder_layers"],
     }
+
+
+def check_weights(folder: Path, transformers) -> None:
+    """Every tensor the config's Whisper has, in its shape, and no other: transformers would fill a
+    missing one with fresh random values and CTranslate2 would convert (and we stage) that."""
+    import torch
+
+    from whisper_hpc.weight_names import LM_HEAD
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig.from_pretrained(folder))
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in transformers_state(folder).items()}
+    wrong = [f"{name} {found[name]} where config.json wants {expected[name]}"
+             for name in expected if name in found and found[name] != expected[name]]
+    missing = [name for name in expected if name not in found and name != LM_HEAD]
+    unknown = [name for name in found if name not in expected]
+    if wrong or missing or unknown:
+        details = "; ".join(wrong[:2] + [f"missing {m}" for m in missing[:2]] + [f"unknown {u}" for u in unknown[:2]])
+        raise FormatError(f"{folder}: its weights do not fit its config.json ({details})")
 
 
 def transformers_state(folder: Path) -> dict:
@@ -304,9 +328,10 @@ def export_model(model: StagedModel, fmt: str, output: Path, say: Callable[[str]
         else:
             hf_format.write_transformers(model.path, partial)
             if fmt == "mindspeed":
-                from whisper_hpc.weight_names import mindspeed_name
+                from whisper_hpc.weight_names import LM_HEAD, mindspeed_name
 
                 state = transformers_state(partial)
+                state.setdefault(LM_HEAD, state["model.decoder.embed_tokens.weight"])  # MindSpeed-MM keeps the tied head
                 renamed = {mindspeed_name(name): tensor for name, tensor in state.items()}
                 write_atomically(partial / MINDSPEED_CHECKPOINT,
                                  lambda stream: torch.save({"model": renamed, "iteration": 0}, stream))

@@ -120,9 +120,15 @@ def write_transformers(staged_dir: Path, output: Path) -> Path:
     from whisper_hpc.convert import openai_state_arrays
     from whisper_hpc.weight_names import hf_name
 
+    from whisper_hpc.convert import weight_storage
+
     transformers = import_transformers()
     staged_dir = Path(staged_dir)
     try:
+        storage = weight_storage(staged_dir / "model.bin")
+        if storage.startswith("int"):
+            raise FormatError(f"{staged_dir}: its CTranslate2 weights are {storage}-quantized; export needs float "
+                              "weights: import the model again with --quantization float16 (or float32) and export that")
         dims, arrays = openai_state_arrays(staged_dir)
     except (OSError, ValueError) as error:
         raise FormatError(f"cannot read the weights of {staged_dir}: {error}") from None

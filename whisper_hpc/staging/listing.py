@@ -18,6 +18,23 @@ def engines(model: StagedModel) -> list[str]:
     return [e for e, ok in (("faster-whisper", model.ctranslate2_dir), ("openai-whisper", model.openai_checkpoint)) if ok]
 
 
+def formats(model: StagedModel) -> list[str]:
+    """The model's files by format: CTranslate2 (faster-whisper), openai-whisper checkpoint."""
+    return [f for f, ok in (("ctranslate2", model.ctranslate2_dir), ("openai-whisper", model.openai_checkpoint)) if ok]
+
+
+def quantization(model: StagedModel) -> str | None:
+    """How the CTranslate2 weights are stored (int8, float16, float32), read from model.bin itself."""
+    from whisper_hpc.convert import weight_storage
+
+    if model.ctranslate2_dir is None:
+        return None
+    try:
+        return weight_storage(model.path / "model.bin")
+    except (OSError, ValueError):
+        return "unreadable"
+
+
 def staged_pipelines(root: Path) -> list[Path]:
     folder = root / DIARIZATION
     if not folder.is_dir():
@@ -42,6 +59,8 @@ def inventory(root: Path, catalogue: Catalogue | None) -> dict:
             "path": str(m.path),
             "size": tree_size(m.path),
             "engines": engines(m),
+            "format": formats(m),
+            "quantization": quantization(m),
             "english_only": m.english_only,
             "in_catalogue": bool(catalogue and catalogue.whisper_entry(m.name)),
             "origin": m.manifest().get("origin", ""),
@@ -79,7 +98,8 @@ def print_inventory(root: Path, catalogue: Catalogue | None, as_json: bool = Fal
     print("staged Whisper models:")
     for m in data["models"]:
         note = "" if m["in_catalogue"] else "  (not from the catalogue)"
-        print(f"  {m['name']:<16} {human(m['size']):>9}  {', '.join(m['engines'])}{note}")
+        stored = f"CTranslate2 {m['quantization']}" if m["quantization"] else "no CTranslate2"
+        print(f"  {m['name']:<16} {human(m['size']):>9}  {stored:<20} {', '.join(m['engines'])}{note}")
     if not data["models"]:
         print("  none")
     print("staged diarization pipelines:")
