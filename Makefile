@@ -28,10 +28,11 @@ test: venv models $(SAMPLE) $(TEST_DEPS)
 unit: venv
 	$(BIN)/python -m pytest -m "not engine and not system" $(PYTEST_ARGS)
 
-bench: venv models $(SAMPLE) cluster-installed diarization-venv diarization-pipeline
+bench: venv models $(SAMPLE) cluster-installed diarization-venv diarization-pipeline convert-venv
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_transcribe.py
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_batch.py
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_diarization.py
+	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_quantization.py
 
 system-deps:
 	bash scripts/system-deps.sh
