@@ -7,6 +7,7 @@ under a transcript's name, and after SIGTERM the run's temporary folders are gon
 from __future__ import annotations
 
 import hashlib
+import shutil
 import os
 import signal
 import subprocess
@@ -126,3 +127,27 @@ def test_a_full_disk_fails_the_file_clearly_and_leaves_earlier_transcripts_intac
         text = (out / name).read_text()
         assert value == earlier[name] or (text.endswith("\n") and "And so" in text), name
     assert now["jfk.json"] == earlier["jfk.json"]  # json is written last: the file is not marked done anew
+
+
+def test_sigterm_mid_import_stages_nothing_and_leaves_no_temporary_folders(model_root, tmp_path, home):
+    root, scratch = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    scratch.mkdir()
+    shutil.copytree(model_root / "tiny.en", root / "tiny.en")
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), "LANG": "C.UTF-8"}
+    models = [str(BIN / "whisper-models"), "--root", str(root)]
+    subprocess.run([*models, "export", "tiny.en", "--format", "transformers", "--output", str(tmp_path / "hf")],
+                   env=env, check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen([*models, "import", str(tmp_path / "hf"), "--name", "tiny-x", "--quantization", "int8"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "converting with CTranslate2" in line:
+            break
+    time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, "".join(seen)
+    assert not (root / "tiny-x").exists()
+    assert not [p for p in (root / ".staging").rglob("*") if "tiny-x" in p.name and not p.name.endswith(".lock")]
+    assert list(scratch.iterdir()) == [] and list(home.iterdir()) == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     token_from_environment = os.environ.pop(TOKEN_VARIABLE, None)
     arguments = parser().parse_args(argv)
     arguments.token_from_environment = token_from_environment
+    # SIGTERM (scancel, a time limit, an admin's kill) unwinds: half-done work and temporary folders go.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
         root = (Path(arguments.root) if arguments.root else model_root()).absolute()
         runtime.start_run()

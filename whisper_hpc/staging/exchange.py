@@ -74,8 +74,9 @@ def import_model(source: str, name: str, root: Path, options: ImportOptions) -> 
             convert_transformers(folder, prepared, work, options, provenance)
             write_manifest(work, provenance["origin"], provenance["sources"])
             replace_or_publish(work, final, root)
-        finally:
+        finally:  # a failed or interrupted import leaves only its hub download (.sources/NAME), to resume
             discard(prepared)
+            discard(work)
             discard(work)  # a failed import leaves no half-converted files (a published one was renamed away)
         discard(staging_dir(root, f"{SOURCES}/{name}"))
     options.say(f"{name}: staged in {final} ({tree_size(final) / 1e6:.1f} MB, {options.quantization}, read-only)")
