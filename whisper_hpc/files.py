@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
@@ -57,6 +58,27 @@ def link_atomically(target: Path, path: Path) -> Path:
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+class NotARegularFile(ValueError):
+    """A FIFO, device, socket or folder where a file was expected, or a file over the size limit."""
+
+
+def read_regular_file(path: Path, limit: int | None = None, follow_symlinks: bool = True) -> bytes:
+    """The bytes of `path`, if it is a regular file of at most `limit` bytes.
+
+    It is opened without blocking (a FIFO in its place cannot hang the reader) and checked by
+    fstat before a byte is read; without `follow_symlinks` a symbolic link fails with ELOOP.
+    Raises OSError from the open, NotARegularFile for anything else than such a file."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    descriptor = os.open(path, flags)
+    with os.fdopen(descriptor, "rb") as stream:
+        info = os.fstat(stream.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise NotARegularFile("is not a regular file")
+        if limit is not None and info.st_size > limit:
+            raise NotARegularFile(f"is {info.st_size} bytes, too large for a file of its kind")
+        return stream.read() if limit is None else stream.read(limit + 1)[:limit]
 
 
 def sha256_file(path: Path) -> str:

@@ -42,14 +42,13 @@ import math
 import os
 import re
 import secrets
-import stat
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from whisper_hpc.batch.selection import Entry, NamingError, outputs_exist, refuse_shared_outputs
 from whisper_hpc.errors import WhisperHpcError
-from whisper_hpc.files import write_atomically
+from whisper_hpc.files import NotARegularFile, read_regular_file, write_atomically
 
 STATE_DIR = ".whisper-batch"
 FORMAT_VERSION = 1
@@ -167,23 +166,13 @@ class Manifest:
 def read_json(path: Path) -> object:
     """The parsed file; a FIFO or device in its place is refused, not opened for reading."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        return json.loads(read_regular_file(path).decode("utf-8"))
+    except NotARegularFile:
+        raise ManifestError(f"{path} is not a whisper-batch manifest (not a regular file)") from None
     except OSError as error:
-        raise ManifestError(f"cannot read manifest {path}: {error.strerror}")
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise ManifestError(f"{path} is not a whisper-batch manifest (not a regular file)")
-        with os.fdopen(descriptor, "rb") as stream:
-            descriptor = -1
-            text = stream.read().decode("utf-8")
-        return json.loads(text)
-    except OSError as error:
-        raise ManifestError(f"cannot read manifest {path}: {error.strerror}")
+        raise ManifestError(f"cannot read manifest {path}: {error.strerror}") from None
     except ValueError as error:
-        raise ManifestError(f"{path} is not a whisper-batch manifest ({error})")
-    finally:
-        if descriptor >= 0:
-            os.close(descriptor)
+        raise ManifestError(f"{path} is not a whisper-batch manifest ({error})") from None
 
 
 # ---- what a manifest may hold (see the module's docstring) -----------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc import __version__
-from whisper_hpc.files import BLOCK, sha256_file, write_atomically
+from whisper_hpc.files import BLOCK, NotARegularFile, read_regular_file, sha256_file, write_atomically
 from whisper_hpc.model_store import MANIFEST
 
 
@@ -77,30 +77,17 @@ def read_manifest(directory: Path) -> dict:
     path = directory / MANIFEST
     where = shown(str(path))
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        manifest = json.loads(read_regular_file(path, MANIFEST_LIMIT, follow_symlinks=False).decode("utf-8"))
     except FileNotFoundError:
-        raise ChecksumError(f"{where} is missing (not staged by whisper-models?)")
+        raise ChecksumError(f"{where} is missing (not staged by whisper-models?)") from None
+    except NotARegularFile as error:
+        raise ChecksumError(f"{where} {error}; not read") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise ChecksumError(f"{where} is a symbolic link (not staged by whisper-models); not followed")
-        raise ChecksumError(f"{where} cannot be read: {error.strerror}")
-    try:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise ChecksumError(f"{where} is not a regular file; not read")
-        if info.st_size > MANIFEST_LIMIT:
-            raise ChecksumError(f"{where} is {info.st_size} bytes, too large for a manifest; not read")
-        with os.fdopen(descriptor, "rb", closefd=True) as stream:
-            descriptor = -1
-            raw = stream.read(MANIFEST_LIMIT + 1)
-        manifest = json.loads(raw.decode("utf-8"))
-    except OSError as error:
-        raise ChecksumError(f"{where} cannot be read: {error.strerror}")
+            raise ChecksumError(f"{where} is a symbolic link (not staged by whisper-models); not followed") from None
+        raise ChecksumError(f"{where} cannot be read: {error.strerror}") from None
     except ValueError as error:
-        raise ChecksumError(f"{where} cannot be read: {error}")
-    finally:
-        if descriptor >= 0:
-            os.close(descriptor)
+        raise ChecksumError(f"{where} cannot be read: {error}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ChecksumError(f"{where} lists no files")
     return manifest
