@@ -64,3 +64,16 @@ def test_doctor_with_no_model_root(cli, tmp_path: Path):
     assert result.returncode == 1
     assert f"model root {missing} does not exist: set WHISPER_MODELS" in result.stdout
     assert rows(result.stdout)["pipelines"] == f"none staged in {missing / 'diarization'}"
+
+
+def test_doctor_says_which_site_file_it_used_and_names_a_bad_one(cli, tmp_path, model_root):
+    none = rows(cli("doctor", env={"WHISPER_HPC_SITE": ""}).stdout)
+    assert none["site file"] == "none (built-in defaults)"
+    site = tmp_path / "site.toml"
+    site.write_text('[site]\nname = "Doctor test"\n', encoding="utf-8")
+    assert rows(cli("doctor", env={"WHISPER_HPC_SITE": str(site)}).stdout)["site file"] == str(site)
+    site.write_text('[wrapper]\ndata_area = ["/home"]\n', encoding="utf-8")
+    result = cli("doctor", env={"WHISPER_HPC_SITE": str(site)})
+    assert result.returncode == 1
+    assert rows(result.stdout)["site file"].startswith(f"UNUSABLE, built-in defaults used: site file {site}: unknown key")
+    assert "did you mean data_areas?" in result.stdout.split("problems", 1)[1]
