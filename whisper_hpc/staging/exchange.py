@@ -76,7 +76,6 @@ def import_model(source: str, name: str, root: Path, options: ImportOptions) -> 
             replace_or_publish(work, final, root)
         finally:  # a failed or interrupted import leaves only its hub download (.sources/NAME), to resume
             discard(prepared)
-            discard(work)
             discard(work)  # a failed import leaves no half-converted files (a published one was renamed away)
         discard(staging_dir(root, f"{SOURCES}/{name}"))
     options.say(f"{name}: staged in {final} ({tree_size(final) / 1e6:.1f} MB, {options.quantization}, read-only)")
@@ -178,24 +177,34 @@ def openai_dims(config: dict) -> dict[str, int]:
     }
 
 
+def expected_shapes(config_folder: Path, transformers) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the Whisper that `config_folder`'s config.json describes, with its shape."""
+    import torch
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig.from_pretrained(config_folder))
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def misfit(expected: dict[str, tuple[int, ...]], state: dict) -> str | None:
+    """How `state` differs from the expected tensors (wrong shapes, missing, unknown), or None.
+    The tied language-model head may be absent: it is the token embedding."""
+    from whisper_hpc.weight_names import LM_HEAD
+
+    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    wrong = [f"{name} {found[name]} where the config wants {expected[name]}"
+             for name in expected if name in found and found[name] != expected[name]]
+    missing = [f"missing {name}" for name in expected if name not in found and name != LM_HEAD]
+    unknown = [f"unknown {name}" for name in found if name not in expected]
+    return "; ".join(wrong[:2] + missing[:2] + unknown[:2]) or None
+
+
 def check_weights(folder: Path, transformers) -> None:
     """Every tensor the config's Whisper has, in its shape, and no other: transformers would fill a
     missing one with fresh random values and CTranslate2 would convert (and we stage) that."""
-    import torch
-
-    from whisper_hpc.weight_names import LM_HEAD
-
-    with torch.device("meta"):  # shapes only, no memory
-        model = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig.from_pretrained(folder))
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in transformers_state(folder).items()}
-    wrong = [f"{name} {found[name]} where config.json wants {expected[name]}"
-             for name in expected if name in found and found[name] != expected[name]]
-    missing = [name for name in expected if name not in found and name != LM_HEAD]
-    unknown = [name for name in found if name not in expected]
-    if wrong or missing or unknown:
-        details = "; ".join(wrong[:2] + [f"missing {m}" for m in missing[:2]] + [f"unknown {u}" for u in unknown[:2]])
-        raise FormatError(f"{folder}: its weights do not fit its config.json ({details})")
+    problem = misfit(expected_shapes(folder, transformers), transformers_state(folder))
+    if problem:
+        raise FormatError(f"{folder}: its weights do not fit its config.json ({problem})")
 
 
 def transformers_state(folder: Path) -> dict:
@@ -246,7 +255,7 @@ def mindspeed_to_transformers(path: Path, prepared: Path, options: ImportOptions
     """A transformers folder in `prepared` from a MindSpeed-MM checkpoint and its --config folder."""
     import torch
 
-    from whisper_hpc.weight_names import hf_name_from_mindspeed
+    from whisper_hpc.weight_names import LM_HEAD, hf_name_from_mindspeed
 
     checkpoint = path / MINDSPEED_CHECKPOINT if path.is_dir() else path
     if options.config is None:
@@ -264,22 +273,17 @@ def mindspeed_to_transformers(path: Path, prepared: Path, options: ImportOptions
     weights = loaded.get("model") if isinstance(loaded, dict) else None
     if not isinstance(weights, dict):
         raise FormatError(f"{checkpoint} has no 'model' state dict: not a MindSpeed-MM checkpoint")
-    config = transformers.WhisperConfig.from_pretrained(config_dir)
-    model = transformers.WhisperForConditionalGeneration(config)
     state = {hf_name_from_mindspeed(name): tensor for name, tensor in weights.items()}
-    expected = model.state_dict()
-    wrong = [f"{name} {tuple(state[name].shape)} where the config wants {tuple(expected[name].shape)}"
-             for name in expected if name in state and tuple(state[name].shape) != tuple(expected[name].shape)]
-    missing = [name for name in expected if name not in state and name != "proj_out.weight"]
-    unknown = [name for name in state if name not in expected]
-    if wrong or missing or unknown:
-        details = "; ".join(wrong[:2] + [f"missing {m}" for m in missing[:2]] + [f"unknown {u}" for u in unknown[:2]])
-        raise FormatError(f"{checkpoint} does not fit --config {config_dir}: {details}")
-    state.setdefault("proj_out.weight", state["model.decoder.embed_tokens.weight"])
-    model.load_state_dict(state, strict=True)
-    model.save_pretrained(prepared, safe_serialization=True)
+    problem = misfit(expected_shapes(config_dir, transformers), state)
+    if problem:
+        raise FormatError(f"{checkpoint} does not fit --config {config_dir}: {problem}")
+    from safetensors.torch import save_file
+
+    state.pop(LM_HEAD, None)  # tied to the token embedding, as transformers saves it
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(prepared / "model.safetensors"),
+              metadata={"format": "pt"})
     for item in config_dir.iterdir():
-        if item.is_file() and item.name not in (hf_format.CONFIG,) and not item.name.endswith((".safetensors", ".bin")):
+        if item.is_file() and not item.name.endswith((".safetensors", ".bin", ".pt", ".py")):
             shutil.copyfile(item, prepared / item.name)
     origin = f"MindSpeed-MM checkpoint {checkpoint.resolve()} with the config of {config_dir.resolve()}"
     sources = [{"kind": "mindspeed", "checkpoint": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint),
