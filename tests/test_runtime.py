@@ -25,11 +25,14 @@ from whisper_hpc.runtime import (
 # ----------------------------------------------------------------------------- CPUs and threads
 
 
-def test_available_cpus_honours_slurm(monkeypatch):
+def test_available_cpus_honours_slurm_within_the_affinity_mask(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "7")
     assert available_cpus() == 7
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", " 3 ")
     assert available_cpus() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "99999")
+    assert available_cpus() == 16
 
 
 @pytest.mark.parametrize("value", [None, "", "0", "abc", "-4", "2.5"])
