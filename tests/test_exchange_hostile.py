@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, need
+
+pytestmark = [pytest.mark.system, pytest.mark.engine]  # real weights, converters and speech
 from hub_server import HubServer
 
 NAME = "imported"

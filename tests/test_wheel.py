@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.system  # builds and installs the package, renders from the staged models
+
 TEMPLATE_FOLDERS = ("modulefiles", "slurm", "ondemand", "wrapper", "containers")
 
 
