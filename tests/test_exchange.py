@@ -1,5 +1,6 @@
 """whisper-models export / import with real weights: staged tiny.en and base out to transformers
-and MindSpeed-MM, back in through CTranslate2's converter, and transcribed by both engines."""
+and MindSpeed-MM, back in through CTranslate2's converter, and transcribed by both engines.
+Every command runs in a network namespace with no network (unshare -n): nothing is fetched."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
+from test_diarization import unshare_prefix
 from wer import word_error_rate
 
 pytestmark = [pytest.mark.system, pytest.mark.engine]
@@ -34,7 +36,7 @@ def models(root: Path, tmp_path_factory):
     def run(*arguments: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
                "HF_HUB_OFFLINE": "1"}
-        result = subprocess.run([str(BIN / "whisper-models"), "--root", str(root), *arguments], env=env,
+        result = subprocess.run([*unshare_prefix(), str(BIN / "whisper-models"), "--root", str(root), *arguments], env=env,
                                 capture_output=True, text=True, timeout=1200)
         if check:
             assert result.returncode == 0, result.stdout + result.stderr
@@ -57,7 +59,7 @@ def exported(models, tmp_path_factory) -> dict[str, Path]:
 def transcribe(root: Path, model: str, audio: Path, out: Path, *flags: str) -> dict:
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(out), "WHISPER_MODELS": str(root), "SLURM_CPUS_PER_TASK": "2",
            "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
-    result = subprocess.run([str(BIN / "whisper-hpc"), str(audio), "--model", model, "-o", str(out), "-f", "json",
+    result = subprocess.run([*unshare_prefix(), str(BIN / "whisper-hpc"), str(audio), "--model", model, "-o", str(out), "-f", "json",
                              "--overwrite", *flags], env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr
     return json.loads((out / f"{audio.stem}.json").read_text())
