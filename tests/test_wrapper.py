@@ -131,7 +131,7 @@ def test_apptainer_keeps_its_own_files_out_of_home():
 def test_binds_data_areas_cwd_models_and_temp_dir():
     command, _ = build({}, cwd="/work/elsewhere", existing=("/home", "/site/models"))
     bound = pairs(command, "--bind")
-    assert bound == ["/home:/home", "/work/elsewhere:/work/elsewhere", "/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef:/tmp/singularity_wrapper-1000/n1.42.0123456789abcdef",
+    assert bound == ["/home:/home", "/work/elsewhere:/work/elsewhere", "/tmp/singularity_wrapper-1000:/tmp/singularity_wrapper-1000",
                      "/site/models:/models:ro", "/site/models:/site/models:ro"]  # /scratch absent: not bound
     assert pairs(command, "--pwd") == ["/work/elsewhere"]
 
