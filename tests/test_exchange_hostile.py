@@ -21,13 +21,13 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from conftest import BIN, need
+from test_staging import wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.engine]  # real weights, converters and speech
 from hub_server import HubServer
@@ -204,14 +204,6 @@ def assert_refused(result: subprocess.CompletedProcess, root: Path, name: str, *
     assert not (root / name).exists() and not (root / name).is_symlink(), f"{name} was staged"
     assert staging_leftovers(root) == [], staging_leftovers(root)
     return line
-
-
-def wait_for(condition, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the real files, built once ---------------------------------------------------------------------

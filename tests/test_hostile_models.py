@@ -24,13 +24,13 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import BIN, need
+from test_staging import program_for_nobody
 
 pytestmark = pytest.mark.system  # a real staged model
 
@@ -80,29 +80,10 @@ def verify(root: Path, *arguments: str, user: str | None = None, home: Path | No
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home), "LANG": "C.UTF-8"}
     command = [str(BIN / "whisper-models"), "--root", str(root), "verify", *arguments]
     if user:
+        assert user == "nobody", "program_for_nobody checks what nobody may read and run"
         command = [shutil.which("runuser"), "-u", user, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-                   *as_other_user(user), "--root", str(root), "verify", *arguments]
+                   *program_for_nobody("whisper-models", "whisper_hpc.staging"), "--root", str(root), "verify", *arguments]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-
-
-def as_other_user(user: str) -> list[str]:
-    """whisper-models as another user can start it: the venv's interpreter may live under /root
-    (pyenv), so the venv's site-packages are loaded into the system Python of the same version."""
-    import whisper_hpc
-
-    def can(test: str, path: str) -> bool:
-        return subprocess.run([shutil.which("runuser"), "-u", user, "--", "test", test, path]).returncode == 0
-
-    code = Path(whisper_hpc.__file__)
-    need(can("-r", str(code)), f"{code} is not readable by other users: clone the project where every user can read it")
-    if can("-x", str(Path(sys.executable).resolve())):
-        return [str(BIN / "whisper-models")]
-    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-    need(system.is_file(), f"{sys.executable} is not executable by other users and there is no {system}")
-    site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    loader = (f"import site, sys; site.addsitedir({site_packages!r}); sys.argv[0] = 'whisper-models'; "
-              "from whisper_hpc.staging import main; sys.exit(main(sys.argv[1:]))")
-    return [str(system), "-c", loader]
 
 
 def copy_model(source: Path, target: Path) -> Path:

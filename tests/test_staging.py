@@ -579,8 +579,9 @@ def nobody_workspace(root: Path, name: str) -> tuple[Path, dict]:
     return work, env
 
 
-def whisper_hpc_for_nobody() -> list[str]:
-    """The installed whisper-hpc, as an unprivileged user can start it.
+def program_for_nobody(program: str, module: str) -> list[str]:
+    """An installed program (`program`, whose code is `python -m module`), as an unprivileged user
+    can start it.
 
     A venv made from an interpreter under /root (pyenv) cannot be executed by other users; then
     the same site-packages are loaded into the system's Python of the same version."""
@@ -591,12 +592,12 @@ def whisper_hpc_for_nobody() -> list[str]:
     need(readable, f"{code} is not readable by other users: clone the project where every user can read it")
     interpreter = Path(sys.executable).resolve()
     if run_as_nobody(["test", "-x", str(interpreter)], {"PATH": "/usr/bin:/bin"}).returncode == 0:
-        return [str(BIN / "whisper-hpc")]
+        return [str(BIN / program)]
     system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
     need(system.is_file(), f"{interpreter} is not executable by other users and there is no {system}")
     site_packages = next(p for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
-    loader = (f"import runpy, site, sys; site.addsitedir({site_packages!r}); sys.argv[0] = 'whisper-hpc'; "
-              "runpy.run_module('whisper_hpc', run_name='__main__')")
+    loader = (f"import runpy, site, sys; site.addsitedir({site_packages!r}); sys.argv[0] = {program!r}; "
+              f"runpy.run_module({module!r}, run_name='__main__')")
     return [str(system), "-c", loader]
 
 
@@ -614,7 +615,7 @@ def test_staged_tree_works_read_only_for_an_unprivileged_user(real_staged_root, 
     denied = run_as_nobody(["touch", str(root / "tiny.en" / "intruder")], env)
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
 
-    result = run_as_nobody([*whisper_hpc_for_nobody(), str(shared_data / "jfk.flac"), "--model", "tiny.en",
+    result = run_as_nobody([*program_for_nobody("whisper-hpc", "whisper_hpc"), str(shared_data / "jfk.flac"), "--model", "tiny.en",
                             "--backend", backend, "-o", str(work / "out")], env)
     assert result.returncode == 0, result.stderr
     transcript = json.loads((work / "out" / "jfk.json").read_text())

@@ -1,0 +1,3 @@
+from whisper_hpc.staging.cli import main
+
+raise SystemExit(main())
