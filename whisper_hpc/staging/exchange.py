@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from whisper_hpc.files import sha256_file, write_atomically
-from whisper_hpc.model_store import MANIFEST, OPENAI_CHECKPOINT, StagedModel
+from whisper_hpc.model_store import OPENAI_CHECKPOINT, StagedModel
 from whisper_hpc.staging import hf_format
 from whisper_hpc.staging.checksums import write_manifest
 from whisper_hpc.staging.credentials import Token
@@ -350,16 +350,3 @@ def export_model(model: StagedModel, fmt: str, output: Path, say: Callable[[str]
         raise
     say(f"{model.name}: exported as {fmt} to {output}")
     return output
-
-
-def staged_format(model_dir: Path) -> dict:
-    """What `whisper-models list` shows: formats present and the CTranslate2 quantization."""
-    manifest_path = model_dir / MANIFEST
-    quantization = None
-    if manifest_path.is_file():
-        try:
-            sources = json.loads(manifest_path.read_text(encoding="utf-8")).get("sources", [])
-            quantization = next((s.get("quantization") for s in sources if s.get("quantization")), None)
-        except (OSError, ValueError):
-            pass
-    return {"quantization": quantization}
