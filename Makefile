@@ -20,7 +20,10 @@ TEST_DEPS :=
 demo: venv models $(SAMPLE)
 	$(BIN)/whisper-hpc $(SAMPLE) --model $(DEMO_MODEL) --output_dir $(BUILD)/demo --overwrite
 	@echo; echo "Transcript ($(BUILD)/demo/sample.txt):"; cat $(BUILD)/demo/sample.txt
-	@echo; echo "Subtitles: $(BUILD)/demo/sample.srt (also .vtt .tsv .json beside it)"
+	@echo; echo "Subtitles: $(BUILD)/demo/sample.srt (also .vtt .tsv .json .csv .docx beside it)"
+	@echo; echo "To use the staged models from this checkout:"
+	@echo "  export WHISPER_MODELS=$(WHISPER_MODELS) PATH=$(CURDIR)/$(BIN):\$$PATH"
+	@echo "  whisper-hpc $(SAMPLE) --model base --language en"
 
 test: venv models $(SAMPLE) $(TEST_DEPS)
 	CI=$${CI:-} SHARED_DATA=$(SHARED)/data $(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -117,12 +117,31 @@ def bare_faster_whisper(audio: Path, model: str, threads: int) -> tuple[float, s
     return data["seconds"], data["text"]
 
 
+def settings_on_long_file(audio: Path, reference: str, model: str, work: Path) -> None:
+    """Default, VAD and batched inference (cut by VAD, or in fixed 30 s clips) side by side on one file."""
+    seconds = probe_seconds(audio)
+    settings = {
+        "default": (),
+        "--vad_filter True": ("--vad_filter", "True"),
+        "--batched True (cut by VAD)": ("--batched", "True"),
+        "--batched True, fixed 30 s clips": ("--batched", "True", "--clip_timestamps", f"0,{seconds:.3f}"),
+    }
+    print(f"\n2b. settings side by side on the same {seconds / 60:.1f} min file")
+    baseline = None
+    for label, flags in settings.items():
+        wall, rss, text = ours(audio, model, work, *flags)
+        baseline = baseline or wall
+        print(f"  {label:34s} {wall:6.1f} s  {rss:6.0f} MB  WER {word_error_rate(reference, text):.3f}  "
+              f"{baseline / wall:5.2f}x the default")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the long file (default 10)")
     parser.add_argument("--memory-minutes", default="1,10,30,60", help="lengths for the memory check")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command on jfk (default 3)")
+    parser.add_argument("--only-settings", action="store_true", help="run only the settings comparison (2b)")
     arguments = parser.parse_args()
     threads = len(os.sched_getaffinity(0))
     os.environ.setdefault("WHISPER_MODELS", str(MODELS))
@@ -131,6 +150,11 @@ def main() -> int:
         work = Path(scratch)
         parts, texts = references(work)
         jfk_reference = texts[0]
+        if arguments.only_settings:
+            long_audio = work / "long.wav"
+            settings_on_long_file(long_audio, concatenation(parts, texts, arguments.minutes, long_audio),
+                                  arguments.model, work)
+            return 0
 
         print(f"\n1. end to end on jfk (11 s): our command vs the plain openai-whisper CLI, "
               f"median of {arguments.repeats} runs each, taken in turns")
@@ -159,6 +183,8 @@ def main() -> int:
         print(f"  speed-up vs CLI  {cli_wall / ours_wall:6.2f}x   (target >= 3x)")
         print(f"  our overhead     {100 * (ours_wall / bare_seconds - 1):6.1f} %  over the bare call "
               "(target < 10 %; includes process start, model load and decoding)")
+
+        settings_on_long_file(long_audio, long_reference, arguments.model, work)
 
         print("\n3. peak memory of our command as the audio grows")
         for length in [float(m) for m in arguments.memory_minutes.split(",")]:

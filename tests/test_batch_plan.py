@@ -369,7 +369,7 @@ def test_huge_batches_stay_within_slurms_array_size(tmp_path):
         inputs=("x.wav",), output_dir=tmp_path, formats=("txt",), site=unlimited, root=tmp_path,
         model=StagedModel("tiny.en", model), language="en", backend="faster-whisper", device="cpu", device_index=0,
         compute_type=None, threads=0, speakers=False, diarize=False, diarization_model=None, split_channels=False,
-        redo=False)
+        redo=False, clips=None, speaker_name="SPEAKER")
     work = sizing.Workload(sizing.MODEL_PARAMETERS_M["tiny"])
     plain = plan.make_chunks([[i] for i in range(len(names))], dict.fromkeys(range(len(names)), work.file_seconds(600.0)),
                              plan.TARGET_TASK_MAX_SECONDS)
@@ -398,3 +398,12 @@ def test_the_job_script_hands_the_manifest_over_as_one_literal_argument(tmp_path
     subprocess.run(["bash", str(script)], cwd=tmp_path, check=True)
     assert json.loads(record.read_text()) == ["task", "--submission", "3", str(manifest)]
     assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_engine_arguments_keep_a_value_that_starts_with_a_dash_attached():
+    """`--initial_prompt=-- uh, so` must come back as one value, not as a flag of its own."""
+    from whisper_hpc.options import parse
+
+    recorded = engine_arguments(["a.wav", "--initial_prompt=-- uh, so", "--hotwords", "x"], "base")
+    assert recorded == ["--model", "base", "--initial_prompt=-- uh, so", "--hotwords", "x"]
+    assert parse(["a.wav", *recorded]).initial_prompt == "-- uh, so"

@@ -162,7 +162,7 @@ def speaker_transcript() -> Transcript:
 
 def test_writers_label_speakers_and_write_rttm(tmp_path):
     transcript = speaker_transcript()
-    assert render_txt(transcript) == "[alice] hi\n[bob] hello\n"
+    assert render_txt(transcript) == "(00:00:00 - 00:00:01) alice\nhi\n\n(00:00:02 - 00:00:02) bob\nhello\n"
     assert "[alice] hi" in render_srt(transcript) and "[bob] hello" in render_vtt(transcript)
     assert render_tsv(transcript).splitlines()[1:] == ["500\t1000\talice\thi", "2200\t2600\tbob\thello"]
     written = write_transcript(transcript, tmp_path / "my talk", ("rttm", "json"))
@@ -305,3 +305,10 @@ def test_clustering_trains_on_a_bounded_evenly_spread_sample():
     assert np.all(np.diff(chunks) >= 9) and np.array_equal(chosen, embeddings[chunks, 0])
     small = embeddings[:50]
     assert len(clustering.filter_embeddings(small)[0]) == 50  # short files: untouched
+
+
+def test_speakers_take_the_name_asked_for():
+    placed = assign_speakers([segment(word(0.5, 1.0, "hi"), word(2.2, 2.6, "hello"))], TURNS)
+    renamed, turns = number_in_transcript_order(placed, TURNS, "Interviewee")
+    assert [s.speaker for s in renamed] == ["Interviewee_00", "Interviewee_01"]
+    assert {t.speaker for t in turns} == {"Interviewee_00", "Interviewee_01"}

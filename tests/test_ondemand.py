@@ -23,6 +23,7 @@ from ood_app import (
 from whisper_hpc import ondemand, sizing
 from whisper_hpc.errors import WhisperHpcError
 from whisper_hpc.languages import LANGUAGES
+from whisper_hpc.options import parse as parse_whisper_hpc
 from whisper_hpc.render import site_context
 from whisper_hpc.site import SiteError, load_site
 from whisper_hpc.writers import FORMATS
@@ -104,11 +105,18 @@ def test_manifest_and_form_parse_in_python_and_ruby(workspace: Workspace, model_
 
     form_config = python_yaml(workspace.app / "form.yml")
     fields = form_config["form"]
-    for wanted in ("audio_path", "model", "language", "task", "word_timestamps", "diarize", "num_speakers",
-                   "use_gpu", "email_when_done", "hours", "auto_accounts", "auto_queues"):
+    for wanted in ("audio_path", "model", "language", "task", "initial_prompt", "hotwords", "word_timestamps",
+                   "vad_filter", "diarize", "num_speakers", "use_gpu", "email_when_done", "hours", "auto_accounts",
+                   "auto_queues"):
         assert wanted in fields
     assert [f"format_{f}" for f in FORMATS] == [f for f in fields if f.startswith("format_")]
     attributes = form_config["attributes"]
+    assert [attributes[f"format_{f}"]["label"] for f in FORMATS] == [ondemand.format_label(f) for f in FORMATS]
+    for free_text in ("initial_prompt", "hotwords"):
+        assert attributes[free_text]["widget"] == "text_field" and attributes[free_text]["value"] == ""
+        assert "1000 characters" in attributes[free_text]["help"]
+    assert attributes["vad_filter"]["label"] == "Skip silence (voice activity detection)"
+    assert attributes["vad_filter"]["value"] == "0", "off unless asked for, as on the command line"
     assert set(fields) <= set(attributes) | {"auto_accounts", "auto_queues"}
     assert attributes["audio_path"]["widget"] == "path_selector"
     assert attributes["audio_path"]["favorites"] == [str(workspace.allowed)]
@@ -202,7 +210,8 @@ def test_site_text_cannot_break_out_of_the_erb(tmp_path: Path, model_root: Path,
     {"model": "base", "language": "auto", "task": "translate", "word_timestamps": "1"},
     {"use_gpu": "1", "format_vtt": "0", "format_tsv": "0"},
     {"diarize": "1", "num_speakers": "2", "email_when_done": "1", "hours": "1"},
-], ids=["defaults", "translate", "gpu", "diarize"])
+    {"vad_filter": "1", "initial_prompt": "  An interview about Slurm and Lmod.  ", "hotwords": "Slurm, Lmod"},
+], ids=["defaults", "translate", "gpu", "diarize", "prompt-vad"])
 def test_normal_forms_render_with_ruby_and_pass_bash_n(workspace: Workspace, choices: dict):
     submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", **choices), workspace.home)
     job = submission.job
@@ -237,6 +246,13 @@ def test_normal_forms_render_with_ruby_and_pass_bash_n(workspace: Workspace, cho
     assert ("--language" in argv) == (choices.get("language", "en") != "auto")
     expected_formats = [f for f in FORMATS if choices.get(f"format_{f}", "1") == "1"]
     assert argv[argv.index("--output_format") + 1] == ",".join(expected_formats)
+    if choices.get("vad_filter") == "1":
+        assert argv[argv.index("--vad_filter") + 1] == "True"
+    else:
+        assert "--vad_filter" not in argv, "off is the command line's default"
+    for free_text in ("initial_prompt", "hotwords"):
+        given = [a for a in argv if a.startswith(f"--{free_text}")]
+        assert given == ([f"--{free_text}={choices[free_text].strip()}"] if free_text in choices else []), "trimmed, one entry"
 
 
 def test_diarization_form_loads_the_diarization_module_with_its_flags(workspace: Workspace):
@@ -253,6 +269,13 @@ def test_diarization_form_loads_the_diarization_module_with_its_flags(workspace:
     run_job_locally(plain.job, workspace.home, workspace.stubs, workspace.root / "record-plain")
     assert "load\0whisper/0.1.0\0" in (workspace.root / "record-plain" / "module.args").read_text().split("\n")
     assert "--diarize" not in recorded_fields(workspace.root / "record-plain" / "whisper-batch.argv")
+
+    # a speaker count without diarization is not passed on: whisper-hpc refuses --num_speakers without --diarize
+    counted = submit_form(workspace.app, workspace.session("counted"), form(workspace.allowed / "talks", num_speakers="3"),
+                          workspace.home)
+    run_job_locally(counted.job, workspace.home, workspace.stubs, workspace.root / "record-counted")
+    argv = recorded_fields(workspace.root / "record-counted" / "whisper-batch.argv")
+    assert argv and "--num_speakers" not in argv and "--diarize" not in argv
 
 
 def test_hostile_file_and_folder_names_reach_the_batch_tool_as_literal_data(workspace: Workspace, shared_data: Path):
@@ -282,8 +305,8 @@ INJECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("field", ["language", "model", "task", "format_txt", "num_speakers", "hours",
-                                   "diarize", "use_gpu", "auto_queues", "auto_accounts"])
+@pytest.mark.parametrize("field", ["language", "model", "task", "format_txt", f"format_{FORMATS[-1]}", "num_speakers",
+                                   "hours", "diarize", "use_gpu", "vad_filter", "auto_queues", "auto_accounts"])
 @pytest.mark.parametrize("injection", INJECTIONS)
 def test_hostile_form_values_are_refused_before_anything_runs(workspace: Workspace, field: str, injection: str):
     sentinel = workspace.root / "sentinel-abs"
@@ -296,10 +319,105 @@ def test_hostile_form_values_are_refused_before_anything_runs(workspace: Workspa
     assert not sentinel.exists() and workspace.canary_intact()
 
 
+# Free text (initial prompt, hotwords) is not chosen from a list: any words reach the batch tool, as data.
+FREE_TEXTS = [
+    HOSTILE_NAME,
+    "$(touch {sentinel}) and `touch {sentinel}`",
+    "'; touch {sentinel}; ' \"; touch {sentinel}; \"",
+    "${{HOME}} ~ * ? [a-z] !! \\n \\ %q %s -- --output_dir /etc --mem 1G --partition x",
+    "<%= `touch {sentinel}` %> <%# x %> 100%",
+    "Müller, Łódź, 東京, Ελληνικά, café ✓, עברית, 🎤",
+    "True",
+    "x" * ondemand.MAX_TEXT_LENGTH,
+    "ü" * ondemand.MAX_TEXT_LENGTH,
+]
+
+
+@pytest.mark.parametrize("field, flag", [("initial_prompt", "--initial_prompt"), ("hotwords", "--hotwords")])
+@pytest.mark.parametrize("text", FREE_TEXTS, ids=range(len(FREE_TEXTS)))
+def test_free_text_reaches_the_batch_tool_as_one_literal_argument(workspace: Workspace, field: str, flag: str, text: str):
+    sentinel = workspace.root / "sentinel-abs"
+    text = text.format(sentinel=sentinel)
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks", **{field: text}), workspace.home)
+    for name in ("before.sh", "script.sh", "job_script_content.sh"):
+        assert bash_syntax_ok(submission.session / name).returncode == 0
+    record = workspace.root / "record"
+    result = run_job_locally(submission.job, workspace.home, workspace.stubs, record)
+    assert result.returncode == 0, result.stderr
+    argv = recorded_fields(record / "whisper-batch.argv")
+    assert [a for a in argv if text in a] == [f"{flag}={text}"], "one argv entry, the text unchanged"
+    assert argv.count("--output_dir") == 1 and argv[argv.index("--output_dir") + 1] == str(submission.session / "transcripts")
+    read = parse_whisper_hpc(argv[1:])  # as whisper-hpc reads it: the text is that flag's value, nothing else
+    assert getattr(read, field) == text and read.audio == [str((workspace.allowed / "talks").resolve())]
+    assert read.output_dir == str(submission.session / "transcripts")
+    assert not sentinel.exists() and workspace.no_sentinels() == [] and workspace.canary_intact()
+
+
+@pytest.mark.parametrize("field", ["initial_prompt", "hotwords"])
+@pytest.mark.parametrize("text, complaint", [
+    ("Slurm\ntouch {sentinel}", "line break"),
+    ("Slurm\r\n", "line break"),
+    ("Slurm\tLmod", "control character"),
+    ("Slurm\u2028Lmod", "line break"),
+    ("Slurm\u0085Lmod", "line break"),
+    ("Slurm\x1b[31mLmod", "control character"),
+    ("Slurm\x00Lmod", "control character"),
+    ("x" * (ondemand.MAX_TEXT_LENGTH + 1), f"{ondemand.MAX_TEXT_LENGTH + 1} characters long; keep it to 1000"),
+    ("-x", "must not start with -"),
+    ("  --output_dir /etc", "must not start with -"),
+], ids=["newline", "crlf", "tab", "line-separator", "next-line", "escape", "nul", "too-long", "dash", "flag"])
+def test_free_text_that_is_not_one_plain_line_is_refused(workspace: Workspace, field: str, text: str, complaint: str):
+    sentinel = workspace.root / "sentinel-abs"
+    submission = submit_form(workspace.app, workspace.session(),
+                             form(workspace.allowed / "talks", **{field: text.format(sentinel=sentinel)}), workspace.home)
+    assert submission.refused, submission.stdout
+    label = {"initial_prompt": "The initial prompt", "hotwords": "The hotwords"}[field]
+    assert submission.stderr.startswith(f"Whisper transcription: {label} "), submission.stderr
+    assert complaint in submission.stderr and len(submission.stderr.strip().splitlines()) == 1
+    assert "rename it" not in submission.stderr, "advice for free text, not for a file name"
+    assert len(submission.stderr) < 400, "a long text is shown cut short"
+    assert not (submission.session / "job_script_content.sh").exists()
+    assert not sentinel.exists() and workspace.canary_intact()
+
+
+def test_every_output_format_gets_a_labelled_check_box(workspace: Workspace, monkeypatch):
+    """The form, the submit-time checks and the job follow writers.FORMATS, whatever it holds."""
+    formats = ("txt", "vtt", "srt", "tsv", "json", "csv", "docx", "xyz")
+    monkeypatch.setattr(ondemand, "FORMATS", formats)
+    app = install_app(workspace.site, workspace.root / "prefix-formats")
+    form_config = ruby_yaml(app / "form.yml")
+    assert [f for f in form_config["form"] if f.startswith("format_")] == [f"format_{f}" for f in formats]
+    labels = {f: form_config["attributes"][f"format_{f}"]["label"] for f in formats}
+    assert labels["docx"] == "Write .docx (Word)" and labels["csv"] == "Write .csv (spreadsheet)"
+    assert labels["xyz"] == "Write .xyz", "a format without a description still gets its check box"
+
+    off = {f"format_{f}": "0" for f in formats}
+    for chosen in (["docx"], ["csv", "xyz"], list(formats)):
+        submission = submit_form(app, workspace.session("-".join(chosen)),
+                                 form(workspace.allowed / "talks", **{**off, **{f"format_{f}": "1" for f in chosen}}),
+                                 workspace.home)
+        record = workspace.root / f"record-{len(chosen)}"
+        assert run_job_locally(submission.job, workspace.home, workspace.stubs, record).returncode == 0
+        argv = recorded_fields(record / "whisper-batch.argv")
+        assert argv[argv.index("--output_format") + 1] == ",".join(chosen)
+    refused = submit_form(app, workspace.session("none"), form(workspace.allowed / "talks", **off), workspace.home)
+    assert refused.refused and "choose at least one output format (txt, vtt, srt, tsv, json, csv, docx, xyz)" in refused.stderr
+    bad = submit_form(app, workspace.session("bad"), form(workspace.allowed / "talks", format_docx="yes"), workspace.home)
+    assert bad.refused and "Write .docx must be checked or not" in bad.stderr
+
+
+def test_an_output_format_the_form_cannot_offer_is_refused_at_install(tmp_path: Path, model_root: Path, monkeypatch):
+    monkeypatch.setattr(ondemand, "FORMATS", ("txt", "x; touch y"))
+    with pytest.raises(ondemand.OnDemandError, match="output format 'x; touch y'"):
+        install_app(site_dict(model_root, [tmp_path]), tmp_path / "prefix")
+    assert not (tmp_path / "prefix").exists()
+
+
 @pytest.mark.parametrize("make_path, complaint", [
     (lambda w: w.allowed / "talks\n$(touch sentinel-dollar)", "line break"),
     (lambda w: str(w.allowed / "talks") + "\n/etc", "line break"),
     (lambda w: str(w.allowed / "talks") + "\u2028x", "line break"),
+    (lambda w: str(w.allowed / "talks") + "\u0085x", "line break"),
     (lambda w: w.allowed / '"; rm -rf ~; "', "cannot be opened"),
     (lambda w: w.allowed / "$(touch sentinel-dollar)", "cannot be opened"),
     (lambda w: "/etc/passwd", "outside the folders"),
@@ -310,7 +428,7 @@ def test_hostile_form_values_are_refused_before_anything_runs(workspace: Workspa
     (lambda w: "talks/jfk.flac", "full path"),
     (lambda w: "", "choose an audio file"),
     (lambda w: w.allowed / "empty", "no audio or video files"),
-], ids=["newline-dollar", "newline-path", "unicode-line-separator", "quotes-missing", "dollar-missing", "etc", "dotdot", "outside",
+], ids=["newline-dollar", "newline-path", "unicode-line-separator", "unicode-next-line", "quotes-missing", "dollar-missing", "etc", "dotdot", "outside",
         "symlink-dir", "symlink-file", "relative", "empty", "no-audio"])
 def test_paths_outside_the_allowed_folders_are_refused(workspace: Workspace, shared_data: Path, make_path, complaint):
     outside = workspace.root / "outside"
@@ -323,6 +441,7 @@ def test_paths_outside_the_allowed_folders_are_refused(workspace: Workspace, sha
     submission = submit_form(workspace.app, workspace.session(), form(make_path(workspace)), workspace.home)
     assert submission.refused, submission.stdout
     assert complaint in submission.stderr and submission.stderr.startswith("Whisper transcription: ")
+    assert len(submission.stderr.strip().splitlines()) == 1, "one line, whatever the path holds"
     assert not (submission.session / "job_script_content.sh").exists()
     assert workspace.no_sentinels() == [] and workspace.canary_intact()
 
@@ -590,7 +709,7 @@ def test_forms_submitted_with_real_sbatch_write_real_transcripts(
     for fmt in FORMATS:
         assert (transcripts / f"jfk.{fmt}").stat().st_size > 0
     html = render_completed(app, good.session, home)
-    assert "10 file(s)" in html and ">jfk.srt</a>" in html
+    assert f"{2 * len(FORMATS)} file(s)" in html and ">jfk.srt</a>" in html, "each format, for each recording"
     log = (good.session / "output.log").read_text(encoding="utf-8")
     assert "(2 file(s), model tiny.en)" in log and f"--time={good.environment['WHISPER_OOD_TIME']}" in log, \
         "the size reached the job through job_environment"

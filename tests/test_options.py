@@ -193,7 +193,7 @@ def test_output_formats_list_keeps_order_and_drops_duplicates():
     assert output_formats(" SRT , srt,json") == ("srt", "json")
 
 
-@pytest.mark.parametrize("value", ["docx", "srt,docx", "", " , "])
+@pytest.mark.parametrize("value", ["pdf", "srt,pdf", "", " , "])
 def test_output_formats_unknown_is_usage_error(value):
     with pytest.raises(UsageError, match="--output_format"):
         output_formats(value)
@@ -293,3 +293,147 @@ def test_help_import_times_show_no_heavy_module():
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
     assert "whisper_hpc.options" in imported  # the check itself sees our own imports
     assert {m for m in imported if m.split(".")[0] in HEAVY} == set()
+
+
+# ----------------------------------------------------------------------------- the peers' flags
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("--vad_min_silence_ms", "--vad_min_silence_duration_ms"),
+    ("--hotword", "--hotwords"),
+    ("--batchsize", "--batch_size"),
+    ("--max-line-widht", "--max_line_width"),
+    ("--speaker-names", "--speaker_name"),
+])
+def test_did_you_mean_goes_by_words(typed, meant):
+    from whisper_hpc.options import similar_flags
+
+    assert similar_flags(typed, build_parser())[0] == meant
+
+
+def test_did_you_mean_lists_equally_near_flags():
+    with pytest.raises(UsageError, match=r"did you mean --vad_filter or --vad_threshold\?"):
+        parse(["a.wav", "--vad_onset", "0.5"])
+
+
+@pytest.mark.parametrize("flag", ["--hf_token", "--live_transcribe", "--live_input_device"])
+def test_refused_peer_flags_say_why(flag):
+    from whisper_hpc.options import REFUSED_FLAGS
+
+    with pytest.raises(UsageError) as refused:
+        parse(["a.wav", flag, "1"])
+    assert str(refused.value) == f"{flag} is not supported: {REFUSED_FLAGS[flag]}"
+
+
+def test_refused_flags_are_not_offered_as_suggestions():
+    from whisper_hpc.options import similar_flags
+
+    assert "--hf_token" not in similar_flags("--hf_tokn", build_parser())
+
+
+@pytest.mark.parametrize("backend, flags, needs", [
+    ("openai-whisper", ["--hotwords", "ComfyUI"], "--hotwords needs --backend faster-whisper"),
+    ("openai-whisper", ["--vad_threshold", "0.3"], "--vad_threshold needs --backend faster-whisper"),
+    ("openai-whisper", ["--batched", "True"], "--batched needs --backend faster-whisper"),
+    ("openai-whisper", ["--multilingual", "True"], "--multilingual needs --backend faster-whisper"),
+    ("faster-whisper", ["--carry_initial_prompt", "True"], "--carry_initial_prompt needs --backend openai-whisper"),
+])
+def test_a_flag_one_engine_lacks_names_the_engine_it_needs(backend, flags, needs):
+    from whisper_hpc.assemble import check_engine_flags
+
+    with pytest.raises(UsageError, match=needs):
+        check_engine_flags(parse(["a.wav", "--backend", backend, *flags]))
+
+
+def test_flags_both_engines_take_pass_the_engine_check():
+    from whisper_hpc.assemble import check_engine_flags
+
+    for backend in ("faster-whisper", "openai-whisper"):
+        check_engine_flags(parse(["a.wav", "--backend", backend, "--prefix", "So", "--clip_timestamps", "0,5",
+                                  "--hallucination_silence_threshold", "2", "--max_line_width", "30"]))
+
+
+@pytest.mark.parametrize("value, stretches", [
+    ("0", None), ("", None), ("0,30", ((0.0, 30.0),)), ("5", ((5.0, float("inf")),)),
+    ("0,10,20", ((0.0, 10.0), (20.0, float("inf")))),
+])
+def test_clip_timestamps_read_as_openai_whisper_reads_them(value, stretches):
+    from whisper_hpc.assemble import clip_stretches
+
+    assert clip_stretches(value) == stretches
+
+
+@pytest.mark.parametrize("value", ["a,b", "10,5", "0,10,5,20", "-1,3"])
+def test_bad_clip_timestamps_are_refused(value):
+    from whisper_hpc.assemble import clip_stretches
+
+    with pytest.raises(UsageError, match="--clip_timestamps"):
+        clip_stretches(value)
+
+
+@pytest.mark.parametrize("name", ["", "1st", "has space", "a" * 40, "x;rm", "$(id)"])
+def test_bad_speaker_names_are_refused(name):
+    from whisper_hpc.assemble import checked_speaker_name
+
+    with pytest.raises(UsageError, match="--speaker_name"):
+        checked_speaker_name(name)
+
+
+def options_for(*flags: str, speakers: bool = False, clips=None):
+    from types import SimpleNamespace
+
+    from whisper_hpc.assemble import decode_options
+
+    return decode_options(parse(["a.wav", *flags]), SimpleNamespace(language="en", speakers=speakers, clips=clips))
+
+
+def test_batch_size_alone_turns_the_vad_on(capsys):
+    options = options_for("--batch_size", "8")
+    assert (options.batch_size, options.vad_filter) == (8, True)
+    assert "turning on --vad_filter" in capsys.readouterr().err
+
+
+def test_batched_alone_uses_the_default_batch_size():
+    from whisper_hpc.options import DEFAULT_BATCH_SIZE
+
+    assert options_for("--batched", "True").batch_size == DEFAULT_BATCH_SIZE
+    assert options_for().batch_size == 0
+
+
+def test_batched_with_clips_keeps_the_vad_off():
+    assert options_for("--batch_size", "4", clips=((0.0, 30.0),)).vad_filter is False
+
+
+def test_any_vad_parameter_turns_the_vad_on_and_is_kept():
+    options = options_for("--vad_min_silence_duration_ms", "500")
+    assert options.vad_filter is True and options.vad.given() == {"min_silence_duration_ms": 500}
+
+
+@pytest.mark.parametrize("flags", [["--max_line_width", "40"], ["--highlight_words", "True"],
+                                   ["--max_words_per_line", "4"], ["--hallucination_silence_threshold", "2"],
+                                   ["--print_colors", "True"]])
+def test_flags_that_need_word_timings_turn_them_on(flags, capsys):
+    assert options_for(*flags).word_timestamps is True
+    assert "turning on --word_timestamps" in capsys.readouterr().err
+
+
+def test_multilingual_stops_conditioning_on_the_first_language(capsys):
+    options = options_for("--multilingual", "True")
+    assert options.multilingual is True and options.condition_on_previous_text is False
+    assert "--multilingual" in capsys.readouterr().err
+
+
+def test_the_peers_value_spellings_read_as_they_do():
+    arguments = parse(["a.wav", "--beam_size", "None", "--threads", "None", "--batch_size", "None",
+                       "--vad_max_speech_duration_s", "30", "-p", "True", "--speaker_num", "3"])
+    assert (arguments.beam_size, arguments.threads, arguments.batch_size) == (None, None, None)
+    assert arguments.vad_max_speech_duration_s == 30.0 and arguments.pretty_json is True
+    assert arguments.num_speakers == 3
+
+
+def test_version_prints_ours(capsys):
+    from whisper_hpc import __version__
+
+    with pytest.raises(SystemExit) as exited:
+        parse(["--version"])
+    assert exited.value.code == 0 and __version__ in capsys.readouterr().out

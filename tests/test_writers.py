@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import docx
 import pytest
 
 from whisper_hpc import writers
@@ -17,6 +22,9 @@ from whisper_hpc.files import write_atomically
 from whisper_hpc.writers import (
     FORMATS,
     RENDERERS,
+    WriterOptions,
+    render_csv,
+    render_docx,
     render_json,
     render_srt,
     render_tsv,
@@ -181,6 +189,146 @@ def test_empty_transcript_renders_valid_empty_files():
     assert json.loads(render_json(empty))["segments"] == []
 
 
+# ----------------------------------------------------------------------------- subtitle layout from word timings
+
+SPEECH = ("And so my fellow Americans ask not what your country can do for you ask what you can do for your "
+          "extraordinarily magnanimous country").split()
+LABEL = re.compile(r"^\[SPEAKER_\d\d\] ")
+
+
+def timed_transcript(speakers: tuple[str | None, ...] = (None,)) -> Transcript:
+    """Three segments of words 0.3 s apart (0.25 s long), with a 4 s pause before the third."""
+    segments, t = [], 0.0
+    for number, chunk in enumerate((SPEECH[:5], SPEECH[5:15], SPEECH[15:])):
+        speaker = speakers[number % len(speakers)]
+        t += 4.0 if number == 2 else 0.0
+        words = []
+        for text in chunk:
+            words.append(Word(round(t, 3), round(t + 0.25, 3), " " + text, 0.9, speaker))
+            t += 0.3
+        segments.append(Segment(words[0].start, words[-1].end, "".join(w.word for w in words), words, speaker=speaker))
+    return make_transcript(segments, options={"word_timestamps": True})
+
+
+def all_words(transcript: Transcript) -> list[Word]:
+    return [w for s in transcript.segments for w in s.words]
+
+
+LAYOUTS = [
+    WriterOptions(),
+    WriterOptions(max_line_width=20),
+    WriterOptions(max_line_width=20, max_line_count=2),
+    WriterOptions(max_line_width=12, max_line_count=1),
+    WriterOptions(max_line_width=42, max_line_count=2),
+    WriterOptions(max_words_per_line=3),
+    WriterOptions(max_words_per_line=2, max_line_count=1),
+    WriterOptions(max_line_width=25, max_words_per_line=1),  # the width wins, as in openai-whisper
+]
+
+
+def check_layout(cues: list[tuple[float, float, str]], options: WriterOptions, words: list[str]) -> None:
+    assert_monotonic(cues)
+    shown = []
+    for _, _, text in cues:
+        lines = text.split("\n")
+        assert len(lines) <= (options.max_line_count or len(lines))
+        for line in lines:
+            line_words = LABEL.sub("", line).split()
+            if options.max_line_width and len(line_words) > 1:
+                assert len(line) <= options.max_line_width, line
+            if options.max_words_per_line and not options.max_line_width:
+                assert len(line_words) <= options.max_words_per_line, line
+            shown += line_words
+    assert shown == words
+
+
+@pytest.mark.parametrize("options", LAYOUTS, ids=repr)
+@pytest.mark.parametrize("speakers", [(None,), ("SPEAKER_00", "SPEAKER_01")])
+def test_word_layout_respects_the_limits(options, speakers):
+    transcript = timed_transcript(speakers)
+    for cues in (parse_srt(render_srt(transcript, options)), parse_vtt(render_vtt(transcript, options))):
+        check_layout(cues, options, SPEECH)
+
+
+def test_word_layout_without_limits_is_one_cue_per_segment_timed_by_its_words():
+    transcript = timed_transcript()
+    cues = parse_srt(render_srt(transcript))
+    assert [c[2] for c in cues] == [s.text.strip() for s in transcript.segments]
+    assert [c[:2] for c in cues] == [(s.words[0].start, s.words[-1].end) for s in transcript.segments]
+
+
+def test_width_and_count_flow_across_segments_but_a_long_pause_starts_a_cue():
+    transcript = timed_transcript()
+    options = WriterOptions(max_line_width=42, max_line_count=2)
+    cues = parse_srt(render_srt(transcript, options))
+    first_of = [s.words[0].start for s in transcript.segments]
+    assert not any(start == pytest.approx(first_of[1]) for start, _, _ in cues)  # no break between 1 and 2
+    assert any(start == pytest.approx(first_of[2]) for start, _, _ in cues)  # the 4 s pause breaks
+    assert len(cues[0][2].split("\n")) == 2
+
+
+def test_a_change_of_speaker_starts_a_cue_with_its_label():
+    transcript = timed_transcript(("SPEAKER_00", "SPEAKER_01"))
+    options = WriterOptions(max_line_width=42, max_line_count=2)
+    for start, end, text in parse_srt(render_srt(transcript, options)):
+        speaker = LABEL.match(text).group(0)[1:-2]
+        owner = [s for s in transcript.segments if s.start - 1e-3 <= start and end <= s.end + 1e-3]
+        assert owner and owner[0].speaker == speaker
+        assert text.count("[SPEAKER_") == 1
+
+
+HIGHLIGHTS = [
+    WriterOptions(highlight_words=True),
+    WriterOptions(highlight_words=True, max_line_width=20, max_line_count=2),
+]
+
+
+@pytest.mark.parametrize("options", HIGHLIGHTS, ids=repr)
+def test_highlight_words_gives_one_cue_per_word_at_its_times(options):
+    transcript = timed_transcript()
+    words = all_words(transcript)
+    for cues in (parse_srt(render_srt(transcript, options)), parse_vtt(render_vtt(transcript, options))):
+        assert_monotonic(cues)
+        highlighted = [c for c in cues if "<u>" in c[2]]
+        assert [re.search(r"<u>(.*?)</u>", c[2]).group(1) for c in highlighted] == SPEECH
+        assert all(c[2].count("<u>") == 1 for c in highlighted)
+        for (start, end, _), word in zip(highlighted, words):
+            assert (start, end) == (pytest.approx(word.start, abs=5e-4), pytest.approx(word.end, abs=5e-4))
+        gaps = [c for c in cues if "<u>" not in c[2]]
+        assert gaps and all(end - start == pytest.approx(0.05, abs=2e-3) or end - start > 3 for start, end, _ in gaps)
+
+
+def test_highlighted_speaker_cues_keep_the_label():
+    transcript = timed_transcript(("SPEAKER_00", "SPEAKER_01"))
+    cues = parse_vtt(render_vtt(transcript, WriterOptions(highlight_words=True)))
+    assert cues[0][2] == "[SPEAKER_00] <u>And</u> so my fellow Americans"
+    assert all(LABEL.match(c[2]) for c in cues)
+
+
+def test_layout_options_leave_segments_without_words_alone():
+    options = WriterOptions(max_line_width=5, max_line_count=1, highlight_words=True)
+    assert render_srt(make_transcript(), options) == render_srt(make_transcript())
+    assert render_vtt(make_transcript(), options) == render_vtt(make_transcript())
+
+
+def test_segments_with_and_without_words_mix():
+    segments = [Segment(0.0, 1.0, " no timings"), Segment(1.0, 2.0, " empty word list", words=[]),
+                Segment(2.0, 3.0, " timed words", words=[Word(2.1, 2.5, " timed", 0.9), Word(2.5, 2.9, " words", 0.9)])]
+    cues = parse_srt(render_srt(make_transcript(segments), WriterOptions(max_line_width=8)))
+    assert cues == [(0.0, 1.0, "no timings"), (1.0, 2.0, "empty word list"), (2.1, 2.9, "timed\nwords")]
+
+
+@pytest.mark.parametrize("highlight", [False, True])
+def test_words_cannot_break_a_cue(highlight):
+    words = [Word(0.0, 0.5, " wait", 0.9), Word(0.5, 1.0, " --", 0.9), Word(1.0, 1.5, ">", 0.9),
+             Word(1.5, 2.0, " new\nline", 0.9), Word(2.0, 2.5, " \n", 0.9), Word(2.5, 3.0, " x--->", 0.9)]
+    transcript = make_transcript([Segment(0.0, 3.0, "".join(w.word for w in words), words), Segment(3.0, 4.0, "   ")])
+    options = WriterOptions(max_line_width=10, highlight_words=highlight)
+    for cues in (parse_srt(render_srt(transcript, options)), parse_vtt(render_vtt(transcript, options))):
+        assert_monotonic(cues)
+        assert "wait" in cues[0][2] and not any("-->" in c[2] for c in cues)
+
+
 # ----------------------------------------------------------------------------- speakers, tsv, txt
 
 
@@ -194,7 +342,10 @@ def speaker_transcript() -> Transcript:
 
 def test_speaker_labels_in_txt_srt_vtt():
     transcript = speaker_transcript()
-    assert render_txt(transcript) == "[SPEAKER_00] Hello there.\n[SPEAKER_01] Hi.\n(no label)\n"
+    assert render_txt(transcript) == (
+        "(00:00:00 - 00:00:01) SPEAKER_00\nHello there.\n\n(00:00:01 - 00:00:02) SPEAKER_01\nHi.\n\n"
+        "(00:00:02 - 00:00:03)\n(no label)\n"
+    )
     for cues in (parse_srt(render_srt(transcript)), parse_vtt(render_vtt(transcript))):
         assert [c[2] for c in cues] == ["[SPEAKER_00] Hello there.", "[SPEAKER_01] Hi.", "(no label)"]
 
@@ -223,6 +374,71 @@ def test_txt_one_line_per_segment():
     assert render_txt(make_transcript()).count("\n") == 4
 
 
+def test_txt_joins_consecutive_segments_of_a_speaker_into_a_paragraph():
+    transcript = make_transcript([
+        Segment(0.0, 1.5, " Hello there.", speaker="SPEAKER_00"),
+        Segment(1.5, 3.2, " How are\nyou?", speaker="SPEAKER_00"),
+        Segment(62.0, 80.4, " Fine.", speaker="SPEAKER_01"), Segment(81.0, 82.0, "  ", speaker="SPEAKER_00"),
+    ])
+    assert render_txt(transcript) == (
+        "(00:00:00 - 00:00:03) SPEAKER_00\nHello there. How are you?\n\n(00:01:02 - 00:01:20) SPEAKER_01\nFine.\n"
+    )
+
+
+# ----------------------------------------------------------------------------- csv
+
+
+def test_csv_parses_back_with_every_word():
+    transcript = make_transcript([
+        Segment(0.0, 1.23456, ' He said, "no", twice.', speaker="SPEAKER_00"),
+        Segment(1.5, 2.0, " line\nbreak; and 'quotes'"), Segment(3661.5, 3723.25, " Thank you."),
+    ])
+    rows = list(csv.DictReader(io.StringIO(render_csv(transcript))))
+    assert rows == [
+        {"start": "0.000", "end": "1.235", "speaker": "SPEAKER_00", "text": 'He said, "no", twice.'},
+        {"start": "1.500", "end": "2.000", "speaker": "", "text": "line break; and 'quotes'"},
+        {"start": "3661.500", "end": "3723.250", "speaker": "", "text": "Thank you."},
+    ]
+    assert render_csv(transcript).count("\n") == 4
+    assert render_csv(make_transcript([])) == "start,end,speaker,text\n"
+
+
+# ----------------------------------------------------------------------------- docx
+
+
+def read_docx(data: bytes) -> list:
+    return docx.Document(io.BytesIO(data)).paragraphs
+
+
+def test_docx_has_heading_details_and_speaker_turns():
+    transcript = make_transcript([
+        Segment(0.0, 1.5, " Hello, there.", speaker="SPEAKER_00"),
+        Segment(1.5, 3.2, " How are you?", speaker="SPEAKER_00"),
+        Segment(62.0, 80.4, " Fine\x0b thanks.", speaker="SPEAKER_01"),
+    ], source="/data/Grüße talk.wav", created="2025-06-25T12:00:00Z")
+    paragraphs = read_docx(render_docx(transcript))
+    assert paragraphs[0].text == "Grüße talk.wav" and paragraphs[0].style.name.startswith("Heading")
+    assert [p.text for p in paragraphs[1:5]] == [
+        "Date: 2025-06-25T12:00:00Z", "Model: tiny.en", "Duration: 01:02:05", "Language: en"]
+    turns = paragraphs[5:]
+    headings = [p.runs[0].text.rstrip("\n") for p in turns]
+    assert headings == ["(00:00:00 - 00:00:03) SPEAKER_00", "(00:01:02 - 00:01:20) SPEAKER_01"]
+    assert all(p.runs[0].bold for p in turns)
+    assert [p.text.split("\n", 1)[1] for p in turns] == ["Hello, there. How are you?", "Fine thanks."]
+
+
+def test_docx_without_speakers_has_a_paragraph_per_segment():
+    transcript = make_transcript(created="")
+    paragraphs = read_docx(render_docx(transcript))
+    assert not any(p.text.startswith("Date") for p in paragraphs)
+    body = [p.text for p in paragraphs if p.text.startswith("(")]
+    assert body == [f"{heading}\n{s.text.strip()}" for heading, s in zip(
+        ["(00:00:00 - 00:00:02)", "(00:00:02 - 00:00:05)", "(00:01:00 - 00:01:01)", "(01:01:01 - 01:02:03)"],
+        transcript.segments)]
+    words = " ".join(p.text for p in paragraphs).split()
+    assert all(w in words for w in transcript.text.split())
+
+
 # ----------------------------------------------------------------------------- json
 
 METADATA = ("language", "language_probability", "duration", "model", "engine", "versions", "wall_time",
@@ -247,7 +463,7 @@ def test_json_round_trips_with_metadata():
     assert data["versions"]["faster-whisper"] == "1.1.0"
     assert data["wall_time"] == 372.5
     assert data["real_time_factor"] == pytest.approx(0.1)
-    assert data["text"] == "Grüße 日本"
+    assert data["text"] == " Grüße 日本"
     assert data["segments"][0]["text"] == " Grüße 日本"
     assert data["segments"][0]["avg_logprob"] == -0.2
     assert "words" not in data["segments"][0]
@@ -264,10 +480,18 @@ def test_json_keeps_unicode_readable():
     assert "Grüße 日本" in render_json(word_transcript(False))
 
 
+def test_json_is_one_line_unless_pretty():
+    transcript = word_transcript(True)
+    compact, pretty = render_json(transcript), render_json(transcript, WriterOptions(pretty_json=True))
+    assert compact.count("\n") == 1 and compact.endswith("}\n")
+    assert pretty.startswith('{\n  "text": ') and pretty.endswith("}\n")
+    assert json.loads(compact) == json.loads(pretty)
+
+
 def test_transcript_text_and_real_time_factor():
     transcript = make_transcript([Segment(0, 1, " a "), Segment(1, 2, "   "), Segment(2, 3, "b")], wall_time=3.0,
                                  duration=6.0)
-    assert transcript.text == "a b"
+    assert transcript.text == " a    b"
     assert transcript.real_time_factor == 0.5
     assert make_transcript(duration=0.0).real_time_factor == 0.0
 
@@ -374,3 +598,18 @@ def test_every_format_has_a_renderer(tmp_path):
     assert sorted(p.suffix for p in written) == sorted("." + f for f in FORMATS)
     parse_vtt((tmp_path / "all.vtt").read_text(encoding="utf-8"))
     parse_srt((tmp_path / "all.srt").read_text(encoding="utf-8"))
+    assert "SPEAKER_01" in " ".join(p.text for p in docx.Document(tmp_path / "all.docx").paragraphs)
+    assert list(csv.DictReader((tmp_path / "all.csv").open(encoding="utf-8")))[0]["speaker"] == "SPEAKER_00"
+
+
+def test_write_transcript_passes_the_options_to_every_renderer(tmp_path):
+    options = WriterOptions(highlight_words=True, pretty_json=True)
+    write_transcript(timed_transcript(), tmp_path / "talk", ("json", "srt", "vtt"), options)
+    assert (tmp_path / "talk.json").read_text(encoding="utf-8").startswith('{\n  "text"')
+    assert "<u>And</u>" in (tmp_path / "talk.srt").read_text(encoding="utf-8")
+    assert "<u>And</u>" in (tmp_path / "talk.vtt").read_text(encoding="utf-8")
+
+
+def test_importing_the_writers_loads_no_docx():
+    code = "import sys, whisper_hpc.writers; sys.exit('docx' in sys.modules or 'lxml' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent).returncode == 0

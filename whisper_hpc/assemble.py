@@ -10,16 +10,24 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from whisper_hpc import runtime
 from whisper_hpc.errors import UsageError
 from whisper_hpc.model_store import StagedModel
 from whisper_hpc.site import Site
-from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
+from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS, WriterOptions
+
+if TYPE_CHECKING:
+    from whisper_hpc.engines import DecodeOptions
+
+# What batched inference does when no VAD and no clips are asked for (docs/benchmarks.rst):
+# "vad" turns the VAD on; "clips" cuts fixed 30 s clips.
+BATCHED_SEGMENTATION = "vad"
 
 
 def notice(message: str) -> None:
@@ -112,6 +120,59 @@ def checked_language(arguments, staged) -> str | None:
     return "en" if staged.english_only else language
 
 
+# Flags one engine alone implements: set on the other, they are refused with this name.
+ENGINE_ONLY = {
+    "faster-whisper": (
+        "hotwords", "multilingual", "vad_filter", "vad_threshold", "vad_min_speech_duration_ms",
+        "vad_max_speech_duration_s", "vad_min_silence_duration_ms", "vad_speech_pad_ms", "batched", "batch_size",
+        "repetition_penalty", "no_repeat_ngram_size", "prompt_reset_on_temperature",
+    ),
+    "openai-whisper": ("carry_initial_prompt",),
+}
+LAYOUT_FLAGS = ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")
+SPEAKER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.-]{0,31}")
+
+
+def check_engine_flags(arguments: argparse.Namespace) -> None:
+    """Refuse a flag the chosen engine cannot honour, naming the engine that can."""
+    from whisper_hpc.options import build_parser
+
+    parser = build_parser()
+    for backend, flags in ENGINE_ONLY.items():
+        if arguments.backend == backend:
+            continue
+        for flag in flags:
+            if getattr(arguments, flag) != parser.get_default(flag):
+                raise UsageError(f"--{flag} needs --backend {backend} (this run uses {arguments.backend})")
+
+
+def clip_stretches(value: str) -> tuple[tuple[float, float], ...] | None:
+    """--clip_timestamps start,end,start,end,...: the stretches to transcribe (None: the whole file).
+
+    As openai-whisper reads it, a missing last end means the end of the file.
+    """
+    if value.strip() in ("", "0"):
+        return None
+    try:
+        times = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--clip_timestamps {value}: give seconds as start,end,start,end,... (e.g. 0,30,60,90)") from None
+    if len(times) % 2:
+        times.append(math.inf)
+    stretches = tuple(zip(times[::2], times[1::2]))
+    if any(not 0 <= start < end for start, end in stretches) or \
+            any(b[0] < a[1] for a, b in zip(stretches, stretches[1:])):
+        raise UsageError(f"--clip_timestamps {value}: each start must come before its end, in order and not overlapping")
+    return stretches
+
+
+def checked_speaker_name(value: str) -> str:
+    if not SPEAKER_NAME.fullmatch(value):
+        raise UsageError(f"--speaker_name {value!r}: use a letter then up to 31 letters, digits, '.' or '-' "
+                         "(it becomes NAME_00, NAME_01, ... in every format, RTTM included)")
+    return value
+
+
 @dataclass(frozen=True)
 class Request:
     """A checked whisper-hpc command line: what to transcribe, into what, with which model and engine."""
@@ -133,6 +194,8 @@ class Request:
     diarization_model: str | None
     split_channels: bool
     redo: bool  # --overwrite, or --skip_existing False
+    clips: tuple[tuple[float, float], ...] | None  # --clip_timestamps; None: the whole file
+    speaker_name: str
 
 
 def check_request(arguments: argparse.Namespace, create_output: bool = True, need_inputs: bool = True) -> Request:
@@ -143,6 +206,12 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
     if not speakers and any(v is not None for v in (arguments.num_speakers, arguments.min_speakers, arguments.max_speakers)):
         raise UsageError("--num_speakers, --min_speakers and --max_speakers need --diarize")
     formats = output_formats(arguments.output_format, speakers)
+    check_engine_flags(arguments)
+    clips = clip_stretches(arguments.clip_timestamps)
+    speaker_name = checked_speaker_name(arguments.speaker_name)
+    for flag in ("batch_size", "max_line_width", "max_line_count", "max_words_per_line", "beam_size", "best_of"):
+        if (getattr(arguments, flag) or 0) < 0:
+            raise UsageError(f"--{flag} must not be negative")
     device, device_index = parse_device(arguments.device, arguments.device_index)
     inputs = input_names(arguments) if need_inputs else []
     output_dir = writable_directory(Path(arguments.output_dir).expanduser().absolute(), create=create_output)
@@ -155,20 +224,100 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
     return Request(
         inputs=tuple(inputs), output_dir=output_dir, formats=formats, site=site, root=root, model=staged,
         language=language, backend=arguments.backend, device=device, device_index=device_index,
-        compute_type=compute_type, threads=max(0, arguments.threads), speakers=speakers,
+        compute_type=compute_type, threads=max(0, arguments.threads or 0), speakers=speakers,
         diarize=bool(arguments.diarize) and not arguments.diarization_rttm, diarization_model=arguments.diarization_model,
         split_channels=bool(arguments.split_channels), redo=bool(arguments.overwrite or not arguments.skip_existing),
+        clips=clips, speaker_name=speaker_name,
+    )
+
+
+def decode_options(arguments: argparse.Namespace, request: Request) -> DecodeOptions:
+    """The engine's decoding options, with the companions a flag needs turned on (each with a notice)."""
+    from whisper_hpc.engines import DecodeOptions, VadParameters
+    from whisper_hpc.options import DEFAULT_BATCH_SIZE
+
+    vad = VadParameters(
+        threshold=arguments.vad_threshold,
+        min_speech_duration_ms=arguments.vad_min_speech_duration_ms,
+        max_speech_duration_s=arguments.vad_max_speech_duration_s,
+        min_silence_duration_ms=arguments.vad_min_silence_duration_ms,
+        speech_pad_ms=arguments.vad_speech_pad_ms,
+    )
+    vad_filter = bool(arguments.vad_filter)
+    if vad.given() and not vad_filter:
+        notice("VAD parameters given: turning on --vad_filter")
+        vad_filter = True
+    batch_size = arguments.batch_size or (DEFAULT_BATCH_SIZE if arguments.batched else 0)
+    if batch_size > 1 and not vad_filter and request.clips is None and BATCHED_SEGMENTATION == "vad":
+        notice(f"batched inference cuts the audio at silences: turning on --vad_filter (--batch_size {batch_size})")
+        vad_filter = True
+    wants_words = [f"--{flag}" for flag in LAYOUT_FLAGS + ("hallucination_silence_threshold",)
+                   if getattr(arguments, flag) not in (None, False)]
+    if arguments.print_colors:
+        wants_words.append("--print_colors")
+    condition = bool(arguments.condition_on_previous_text)
+    if arguments.multilingual and condition:
+        # the previous text's language would carry into the next window and translate the switch away
+        notice("--multilingual: not conditioning on previous text, which would keep the first language")
+        condition = False
+    if wants_words and not arguments.word_timestamps:
+        notice(f"{', '.join(wants_words)} need word timings: turning on --word_timestamps")
+    return DecodeOptions(
+        language=request.language,
+        task=arguments.task,
+        multilingual=bool(arguments.multilingual),
+        beam_size=arguments.beam_size,
+        best_of=arguments.best_of,
+        patience=arguments.patience,
+        length_penalty=arguments.length_penalty,
+        repetition_penalty=arguments.repetition_penalty,
+        no_repeat_ngram_size=arguments.no_repeat_ngram_size,
+        temperature=temperatures(arguments.temperature, arguments.temperature_increment_on_fallback),
+        compression_ratio_threshold=arguments.compression_ratio_threshold,
+        logprob_threshold=arguments.logprob_threshold,
+        no_speech_threshold=arguments.no_speech_threshold,
+        hallucination_silence_threshold=arguments.hallucination_silence_threshold,
+        condition_on_previous_text=condition,
+        prompt_reset_on_temperature=arguments.prompt_reset_on_temperature,
+        initial_prompt=arguments.initial_prompt,
+        carry_initial_prompt=arguments.carry_initial_prompt,
+        prefix=arguments.prefix,
+        hotwords=arguments.hotwords,
+        # speakers are assigned word by word
+        word_timestamps=bool(arguments.word_timestamps or wants_words or request.speakers),
+        prepend_punctuations=arguments.prepend_punctuations,
+        append_punctuations=arguments.append_punctuations,
+        suppress_tokens=arguments.suppress_tokens,
+        suppress_blank=arguments.suppress_blank,
+        vad_filter=vad_filter,
+        vad=vad,
+        batch_size=batch_size,
+        clips=request.clips,
+    )
+
+
+def writer_options(arguments: argparse.Namespace) -> WriterOptions:
+    if arguments.max_line_count and not arguments.max_line_width:
+        notice("--max_line_count has no effect without --max_line_width")
+    if arguments.max_words_per_line and arguments.max_line_width:
+        notice("--max_words_per_line has no effect with --max_line_width")
+    return WriterOptions(
+        max_line_width=arguments.max_line_width,
+        max_line_count=arguments.max_line_count,
+        max_words_per_line=arguments.max_words_per_line,
+        highlight_words=bool(arguments.highlight_words),
+        pretty_json=bool(arguments.pretty_json),
     )
 
 
 def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     """The run, ready to start: checked, with threads pinned and the run directory made."""
-    threads = arguments.threads if arguments.threads > 0 else runtime.available_cpus()
+    threads = arguments.threads if (arguments.threads or 0) > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
     runtime.start_run()
 
     from whisper_hpc.devices import resolve_device
-    from whisper_hpc.engines import DecodeOptions, ModelRequest, load_engine
+    from whisper_hpc.engines import ModelRequest, load_engine
     from whisper_hpc.inputs import collect_jobs
     from whisper_hpc.runner import RunSettings, run_jobs
 
@@ -181,36 +330,19 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     backend = request.backend
     if not arguments.local_files_only:
         notice("--local_files_only False ignored: whisper-hpc never downloads; models come from the model root")
-    if backend == "openai-whisper" and (arguments.vad_filter or arguments.batch_size > 1):
-        notice("--vad_filter and --batch_size are faster-whisper options; openai-whisper ignores them")
     device = resolve_device(request.device, backend)
-
-    options = DecodeOptions(
-        language=request.language,
-        task=arguments.task,
-        beam_size=arguments.beam_size,
-        best_of=arguments.best_of,
-        patience=arguments.patience,
-        length_penalty=arguments.length_penalty,
-        temperature=temperatures(arguments.temperature, arguments.temperature_increment_on_fallback),
-        compression_ratio_threshold=arguments.compression_ratio_threshold,
-        logprob_threshold=arguments.logprob_threshold,
-        no_speech_threshold=arguments.no_speech_threshold,
-        condition_on_previous_text=arguments.condition_on_previous_text,
-        initial_prompt=arguments.initial_prompt,
-        word_timestamps=arguments.word_timestamps or request.speakers,  # speakers are assigned word by word
-        suppress_tokens=arguments.suppress_tokens,
-        vad_filter=arguments.vad_filter and backend == "faster-whisper",
-        batch_size=arguments.batch_size if backend == "faster-whisper" else 0,
-    )
+    options = decode_options(arguments, request)
     settings = RunSettings(
         formats=request.formats,
         overwrite=arguments.overwrite,
         skip_existing=arguments.skip_existing,
         split_channels=request.split_channels,
         strict_audio=not arguments.ignore_decode_errors,
-        verbose=arguments.verbose,
+        verbose=bool(arguments.verbose or arguments.print_colors),
+        print_colors=bool(arguments.print_colors),
         model_name=request.model.name,
+        layout=writer_options(arguments),
+        speaker_name=request.speaker_name,
     )
     model_request = ModelRequest(request.model, device, request.compute_type, threads, request.device_index)
     speakers = speaker_source(arguments, request.root, len(jobs), device, request.device_index, threads) \
@@ -227,6 +359,7 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
 def speaker_source(arguments, root: Path, job_count: int, device: str, device_index: int, threads: int):
     """Where speakers come from: a ready-made RTTM, or the pyannote pipeline (checked now, loaded later)."""
     from whisper_hpc.diarization import require_pyannote
+    from whisper_hpc.diarization.merge import DEFAULT_SPEAKER_NAME
     from whisper_hpc.diarization.pipeline import SpeakerCounts
     from whisper_hpc.diarization.source import PipelineSpeakers, RttmSpeakers
     from whisper_hpc.diarization.staged import check_pipeline, resolve_pipeline
@@ -245,7 +378,8 @@ def speaker_source(arguments, root: Path, job_count: int, device: str, device_in
             raise UsageError(f"--diarization_rttm {rttm}: no such file or directory")
         ignored = [flag for flag, value in (("--diarize", arguments.diarize), ("--num_speakers", counts.num_speakers),
                    ("--min_speakers", counts.min_speakers), ("--max_speakers", counts.max_speakers),
-                   ("--diarization_model", arguments.diarization_model)) if value]
+                   ("--diarization_model", arguments.diarization_model),
+                   ("--speaker_name", arguments.speaker_name != DEFAULT_SPEAKER_NAME)) if value]
         if ignored:
             notice(f"{', '.join(ignored)} ignored: the speakers come from {rttm}")
         return RttmSpeakers(rttm, single_input=job_count == 1)

@@ -42,6 +42,21 @@ MODULES = {"plain": "whisper", "diarization": "whisper-diarization"}
 MAX_HOURS_WHEN_UNLIMITED = 168
 # A name Slurm, Lmod and YAML all take literally: no spaces, quotes or shell characters.
 SAFE_NAME = re.compile(r"\A[A-Za-z0-9_.+-]{1,64}\Z")
+# Each of writers.FORMATS becomes a check box "format_<name>": a plain lowercase word.
+FORMAT_NAME = re.compile(r"\A[a-z0-9]{1,16}\Z")
+# What each format is, in the check box's label ("Write .docx (Word)"); a format not listed here
+# still gets its check box, labelled "Write .<name>".
+FORMAT_LABELS = {
+    "txt": "plain text",
+    "vtt": "subtitles, WebVTT",
+    "srt": "subtitles, SubRip",
+    "tsv": "table of times and text",
+    "json": "everything, with word times",
+    "csv": "spreadsheet",
+    "docx": "Word",
+}
+# The longest initial prompt or hotwords text the form accepts, in characters.
+MAX_TEXT_LENGTH = 1000
 
 
 class OnDemandError(WhisperHpcError):
@@ -134,8 +149,10 @@ def version_at_least(version: str, wanted: tuple[int, ...]) -> bool:
 
 
 def check_site(site: Site, models: list[dict]) -> list[str]:
-    """What the site schema cannot know and the app needs (empty when fine): staged models with plain names."""
-    problems = []
+    """What the site schema cannot know and the app needs (empty when fine): staged models and
+    output formats with plain names."""
+    problems = [f"output format '{f}' is not a plain lowercase word the form can offer" for f in FORMATS
+                if not FORMAT_NAME.match(f)]
     if not models:
         problems.append(f"no staged models under {site.model_root}: stage one with `whisper-models` before installing the OnDemand app")
     for model in models:
@@ -164,6 +181,7 @@ def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
         "time_cap_seconds": time_cap(max_seconds),
         "cpus_per_task": settings.cpus_per_task,
         "max_speakers": 20,
+        "max_text_length": MAX_TEXT_LENGTH,
         "needs": {m["name"]: model_needs(m, settings.cpus_per_task) for m in models},
         "time": time_rules(),
         "bytes_per_audio_second": BYTES_PER_AUDIO_SECOND,
@@ -175,6 +193,11 @@ def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
         "output_folder": "transcripts",
         "support": site.site.support,
     }
+
+
+def format_label(name: str) -> str:
+    """The check box of one output format: "Write .docx (Word)", or "Write .xyz" for one not in FORMAT_LABELS."""
+    return f"Write .{name} ({FORMAT_LABELS[name]})" if name in FORMAT_LABELS else f"Write .{name}"
 
 
 def ruby_json(value: object) -> str:
@@ -196,7 +219,7 @@ def app_context(site: Site, models: list[dict], prefix: Path) -> dict:
         "models": models,
         "default_model": default_model,
         "languages": sorted(LANGUAGES.items(), key=lambda item: item[1]),
-        "formats": FORMATS,
+        "formats": [(f, format_label(f)) for f in FORMATS],
         "policy": policy,
         "policy_json": ruby_json(policy),
         "cluster": settings.cluster,

@@ -16,6 +16,7 @@ from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
 TRUE_WORDS = ("true", "yes", "y", "on", "1")
 FALSE_WORDS = ("false", "no", "n", "off", "0")
 BACKENDS = ("faster-whisper", "openai-whisper")
+DEFAULT_BATCH_SIZE = 8
 COMPUTE_TYPES = (
     "default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16",
     "int16", "float16", "bfloat16", "float32",
@@ -29,6 +30,8 @@ examples:
   whisper-hpc interview.wav --backend openai-whisper --word_timestamps True
   whisper-hpc call.wav --split_channels True        # one transcript per stereo channel
   whisper-hpc meeting.wav --diarize --max_speakers 4 # who spoke when (module whisper-diarization)
+  whisper-hpc lecture.mp4 --hotwords "Slurm, Lmod" -f srt --max_line_width 42 --max_line_count 2
+  whisper-hpc long.wav --batched True               # faster on long files (turns on the VAD)
   whisper-hpc doctor                                # devices, threads, staged models, offline check
 
 Models are read from $WHISPER_MODELS (or the site configuration); nothing is ever downloaded.
@@ -57,7 +60,50 @@ def optional_float(value: str) -> float | None:
     return None if str(value).strip().lower() == "none" else float(value)
 
 
+def optional_int(value: str) -> int | None:
+    return None if str(value).strip().lower() == "none" else int(value)
+
+
+# Flags the peers define that whisper-hpc refuses, each with the reason its error gives.
+REFUSED_FLAGS = {
+    "--hf_token": "whisper-hpc never downloads: an admin stages the diarization pipeline once "
+                  "(whisper-models fetch), and --diarize uses it",
+    "--live_transcribe": "live transcription from a microphone has no place on a batch compute node; "
+                         "record to a file and transcribe that",
+    "--live_volume_threshold": "live transcription is not offered on compute nodes (see --live_transcribe)",
+    "--live_input_device": "live transcription is not offered on compute nodes (see --live_transcribe)",
+    "--live_input_device_sample_rate": "live transcription is not offered on compute nodes (see --live_transcribe)",
+}
+
+# Flags whose default differs from a peer's on purpose, with the reason (tests/test_peer_flags.py).
+OWN_DEFAULTS = {
+    "--model": "no default download exists on a compute node: the site's default model (models.default), "
+               "else --model is required",
+    "--device": "auto: CUDA when a usable GPU is there, else CPU (what openai-whisper computes at start-up)",
+    "--verbose": "off: a batch of thousands of files would flood the Slurm log; a progress line per file instead",
+    "--fp16": "None: half precision on CUDA only; openai-whisper's True only warns and falls back on a CPU",
+    "--local_files_only": "always True: whisper-hpc only ever uses staged files",
+    "--patience": "None, openai-whisper's: the engine's own default (1.0, plain beam search)",
+    "--length_penalty": "None, openai-whisper's: the engine's own default (simple length normalisation)",
+    "--speaker_num": "None, as --num_speakers: the pipeline finds the number of speakers unless it is given "
+                     "(whisper-ctranslate2 assumes 2)",
+}
+
+
+class Refused(argparse.Action):
+    """A peer's flag that cannot work here: using it is an error that says why."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        kwargs.pop("nargs", None)
+        super().__init__(option_strings, dest=argparse.SUPPRESS, nargs="?", help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError(f"{option_string} is not supported: {REFUSED_FLAGS[self.option_strings[0]]}")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from whisper_hpc import __version__
+
     parser = Parser(
         prog="whisper-hpc",
         description="Transcribe audio and video files with Whisper (faster-whisper or openai-whisper), offline.",
@@ -66,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("audio", nargs="*", help="audio or video files, or directories of them")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     inputs = parser.add_argument_group("inputs and outputs")
     inputs.add_argument("--file_list", metavar="FILE", help="a text file with one input path per line")
@@ -85,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="transcribe what can be decoded from a damaged file instead of failing it")
     inputs.add_argument("--verbose", type=str2bool, default=False, metavar="BOOL",
                         help="print each segment as it is transcribed")
+    inputs.add_argument("--print_colors", type=str2bool, default=False, metavar="BOOL",
+                        help="with --verbose on a terminal: colour each word by its confidence (red low, green high)")
+    inputs.add_argument("--pretty_json", "-p", type=str2bool, default=False, metavar="BOOL",
+                        help="indent the json for people to read (default: one line, as openai-whisper writes it)")
+
+    subtitles = parser.add_argument_group("subtitle layout (srt, vtt; turns on word timestamps)")
+    subtitles.add_argument("--max_line_width", type=optional_int, default=None, metavar="N",
+                           help="break subtitle lines at N characters")
+    subtitles.add_argument("--max_line_count", type=optional_int, default=None, metavar="N",
+                           help="at most N lines per subtitle (with --max_line_width)")
+    subtitles.add_argument("--max_words_per_line", type=optional_int, default=None, metavar="N",
+                           help="at most N words per subtitle line (no effect with --max_line_width)")
+    subtitles.add_argument("--highlight_words", type=str2bool, default=False, metavar="BOOL",
+                           help="underline each word as it is spoken")
 
     model = parser.add_argument_group("model and engine")
     model.add_argument("--model", "-m", help="a staged model name (tiny.en, base, large-v3, ...) or a path")
@@ -96,23 +157,40 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--backend", choices=BACKENDS, default="faster-whisper", help="the engine (default: faster-whisper)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: CUDA only if usable)")
     model.add_argument("--device_index", type=int, default=0, help="which GPU, for --device cuda")
-    model.add_argument("--compute_type", choices=COMPUTE_TYPES, default="default",
-                       help="default: int8 on CPU, float16 on CUDA (faster-whisper); float32 on CPU (openai-whisper)")
+    model.add_argument("--compute_type", choices=COMPUTE_TYPES, default="auto",
+                       help="auto: int8 on CPU, float16 on CUDA (faster-whisper); float32 on CPU (openai-whisper)")
     model.add_argument("--fp16", type=str2bool, default=None, metavar="BOOL",
                        help="openai-whisper: half precision (default: on CUDA only)")
-    model.add_argument("--threads", type=int, default=0,
+    model.add_argument("--threads", type=optional_int, default=0,
                        help="CPU threads (default: $SLURM_CPUS_PER_TASK, else the CPUs this process may use)")
-    model.add_argument("--batch_size", type=int, default=0,
-                       help="faster-whisper batched inference with this batch size (default: off)")
-    model.add_argument("--vad_filter", type=str2bool, default=False, metavar="BOOL",
-                       help="faster-whisper: skip silence with the Silero VAD")
+    model.add_argument("--batched", type=str2bool, default=False, metavar="BOOL",
+                       help=f"faster-whisper batched inference (batch size {DEFAULT_BATCH_SIZE} unless --batch_size)")
+    model.add_argument("--batch_size", type=optional_int, default=None, metavar="N",
+                       help="batched inference with N clips at a time (implies --batched)")
+
+    vad = parser.add_argument_group("voice activity detection (faster-whisper's Silero VAD)")
+    vad.add_argument("--vad_filter", type=str2bool, default=False, metavar="BOOL",
+                     help="skip silence with the Silero VAD (on by itself with batched inference)")
+    vad.add_argument("--vad_threshold", type=float, default=None, metavar="P",
+                     help="speech probability above which audio counts as speech (engine default 0.5)")
+    vad.add_argument("--vad_min_speech_duration_ms", type=int, default=None, metavar="MS",
+                     help="drop speech chunks shorter than this")
+    vad.add_argument("--vad_max_speech_duration_s", type=float, default=None, metavar="S",
+                     help="split speech chunks longer than this at their last silence")
+    vad.add_argument("--vad_min_silence_duration_ms", type=int, default=None, metavar="MS",
+                     help="the silence that ends a speech chunk (engine default 2000)")
+    vad.add_argument("--vad_speech_pad_ms", type=int, default=None, metavar="MS",
+                     help="padding kept on each side of a speech chunk (engine default 400)")
 
     speakers = parser.add_argument_group("speakers (whisper-diarization)")
     speakers.add_argument("--diarize", type=str2bool, default=False, metavar="BOOL",
                           help="label each word and segment with its speaker (pyannote.audio), and write .rttm")
-    speakers.add_argument("--num_speakers", type=int, default=None, metavar="N", help="the number of speakers, if known")
+    speakers.add_argument("--num_speakers", "--speaker_num", type=int, default=None, metavar="N",
+                          help="the number of speakers, if known")
     speakers.add_argument("--min_speakers", type=int, default=None, metavar="N", help="at least N speakers")
     speakers.add_argument("--max_speakers", type=int, default=None, metavar="N", help="at most N speakers")
+    speakers.add_argument("--speaker_name", default="SPEAKER", metavar="NAME",
+                          help="the speakers' label: NAME_00, NAME_01, ... (default: SPEAKER)")
     speakers.add_argument("--diarization_model", metavar="DIR",
                           help="a pyannote pipeline directory or a name under MODEL_ROOT/diarization "
                                "(default: community-1, else the only staged pipeline)")
@@ -122,21 +200,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--language", default=None, help="language code or name (default: detect)")
+    decoding.add_argument("--multilingual", type=str2bool, default=False, metavar="BOOL",
+                          help="faster-whisper: detect the language again for every segment, for "
+                               "recordings that switch language")
     decoding.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                           help="transcribe, or translate into English")
-    decoding.add_argument("--beam_size", type=int, default=5)
-    decoding.add_argument("--best_of", type=int, default=5)
+    decoding.add_argument("--beam_size", type=optional_int, default=5)
+    decoding.add_argument("--best_of", type=optional_int, default=5)
     decoding.add_argument("--patience", type=float, default=None)
     decoding.add_argument("--length_penalty", type=float, default=None)
+    decoding.add_argument("--repetition_penalty", type=float, default=1.0,
+                          help="faster-whisper: > 1 penalises tokens already generated")
+    decoding.add_argument("--no_repeat_ngram_size", type=int, default=0,
+                          help="faster-whisper: forbid repeating n-grams of this size (0: off)")
     decoding.add_argument("--temperature", type=float, default=0.0)
     decoding.add_argument("--temperature_increment_on_fallback", type=optional_float, default=0.2)
+    decoding.add_argument("--prompt_reset_on_temperature", type=float, default=0.5,
+                          help="faster-whisper: drop the carried prompt when falling back above this temperature")
     decoding.add_argument("--compression_ratio_threshold", type=optional_float, default=2.4)
     decoding.add_argument("--logprob_threshold", type=optional_float, default=-1.0)
     decoding.add_argument("--no_speech_threshold", type=optional_float, default=0.6)
-    decoding.add_argument("--initial_prompt", default=None)
+    decoding.add_argument("--hallucination_silence_threshold", type=optional_float, default=None, metavar="S",
+                          help="skip silences longer than S seconds around a likely hallucination "
+                               "(turns on word timestamps)")
+    decoding.add_argument("--initial_prompt", default=None, help="text that sets vocabulary and style for the start")
+    decoding.add_argument("--carry_initial_prompt", type=str2bool, default=False, metavar="BOOL",
+                          help="openai-whisper: put --initial_prompt before every window's prompt")
+    decoding.add_argument("--prefix", default=None, help="text the first window's transcript starts with")
+    decoding.add_argument("--hotwords", default=None,
+                          help="faster-whisper: words and names to favour (ComfyUI, Kubernetes, ...)")
     decoding.add_argument("--word_timestamps", type=str2bool, default=False, metavar="BOOL")
+    decoding.add_argument("--prepend_punctuations", default="\"'“¿([{-",
+                          help="with word timestamps: merge these with the next word")
+    decoding.add_argument("--append_punctuations", default="\"'.。,，!！?？:：”)]}、",
+                          help="with word timestamps: merge these with the previous word")
     decoding.add_argument("--condition_on_previous_text", type=str2bool, default=True, metavar="BOOL")
     decoding.add_argument("--suppress_tokens", default="-1")
+    decoding.add_argument("--suppress_blank", type=str2bool, default=True, metavar="BOOL",
+                          help="suppress blank output at the start of each window")
+    decoding.add_argument("--clip_timestamps", default="0", metavar="START,END,...",
+                          help="transcribe only these stretches, in seconds: start,end,start,end,... "
+                               "(the last end defaults to the end of the file)")
+
+    for flag in REFUSED_FLAGS:
+        parser.add_argument(flag, action=Refused)
     return parser
 
 
@@ -197,14 +304,45 @@ def split_inputs(argv: Sequence[str]) -> tuple[list[tuple[str, str | None]], lis
     return flags, inputs
 
 
+def flag_words(flag: str) -> list[str]:
+    """`--vad_min-silence_ms=5` -> ['vad', 'min', 'silence', 'ms']."""
+    return [w for w in flag.split("=", 1)[0].lstrip("-").lower().replace("-", "_").split("_") if w]
+
+
+def word_distance(typed: list[str], known: list[str]) -> float:
+    """Edit distance over words; a misspelt word costs less than a wrong one."""
+    def substitution(a: str, b: str) -> float:
+        if a == b:
+            return 0.0
+        ratio = difflib.SequenceMatcher(None, a, b).ratio()
+        return 1.0 - ratio if ratio >= 0.6 else 1.0
+
+    joined = difflib.SequenceMatcher(None, "".join(typed), "".join(known)).ratio()
+    if joined >= 0.9:  # the same words run together or split apart: --batchsize, --output_dir
+        return 1.0 - joined
+    previous = [float(j) for j in range(len(known) + 1)]
+    for i, word in enumerate(typed, start=1):
+        current = [float(i)]
+        for j, other in enumerate(known, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + substitution(word, other)))
+        previous = current
+    return previous[-1] / max(len(typed), len(known), 1)
+
+
+def similar_flags(unknown: str, parser: argparse.ArgumentParser, most: int = 3) -> list[str]:
+    """The known flags nearest to `unknown` by words (ties all given), or none when nothing is near."""
+    typed = flag_words(unknown)
+    known = [o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings if o.startswith("--")]
+    scored = sorted((word_distance(typed, flag_words(flag)), flag) for flag in known)
+    if not scored or scored[0][0] > 0.5:
+        return []
+    best = scored[0][0]
+    return [flag for distance, flag in scored if distance <= best + 1e-9][:most]
+
+
 def closest_flag(unknown: str, parser: argparse.ArgumentParser) -> str | None:
-    known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-    stem = unknown.split("=", 1)[0]
-    candidates = difflib.get_close_matches(stem, known, n=1, cutoff=0.5)
-    if not candidates:
-        # whisper-ctranslate2 and openai-whisper users also type dashes for underscores
-        candidates = difflib.get_close_matches(stem.replace("-", "_").replace("__", "--"), known, n=1, cutoff=0.5)
-    return candidates[0] if candidates else None
+    found = similar_flags(unknown, parser)
+    return found[0] if found else None
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -213,8 +351,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     namespace, unknown = parser.parse_known_args(argv)
     flags = [u for u in unknown if u.startswith("-")]
     if flags:
-        suggestion = closest_flag(flags[0], parser)
-        hint = f"; did you mean {suggestion}?" if suggestion else "; see whisper-hpc --help"
+        suggestions = similar_flags(flags[0], parser)
+        hint = f"; did you mean {' or '.join(suggestions)}?" if suggestions else "; see whisper-hpc --help"
         raise UsageError(f"unknown flag {flags[0]}{hint}")
     if unknown:
         namespace.audio.extend(unknown)

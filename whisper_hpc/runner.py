@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from whisper_hpc import audio, runtime
-from whisper_hpc.diarization.merge import assign_speakers, number_in_transcript_order, within
+from whisper_hpc.diarization.merge import DEFAULT_SPEAKER_NAME, assign_speakers, number_in_transcript_order, within
 from whisper_hpc.engines import DecodeOptions, Engine
 from whisper_hpc.inputs import Job
 from whisper_hpc.progress import Progress
 from whisper_hpc.transcript import Segment, Transcript
-from whisper_hpc.writers import write_transcript
+from whisper_hpc.writers import WriterOptions, write_transcript
 
 PROMPT_CARRY_CHARACTERS = 200  # text carried into the next window as its prompt
 
@@ -26,8 +28,11 @@ class RunSettings:
     split_channels: bool = False
     strict_audio: bool = True
     verbose: bool = False
+    print_colors: bool = False
     model_name: str = ""
     window_seconds: float = audio.WINDOW_SECONDS
+    layout: WriterOptions = WriterOptions()
+    speaker_name: str = DEFAULT_SPEAKER_NAME
 
 
 @dataclass
@@ -89,7 +94,7 @@ def run_jobs(
                 label = None if channel is None else channel_names(info.channels)[channel]
                 transcript = transcribe_file(engine, info, channel, label, options, settings, progress, file_speakers)
                 try:
-                    write_transcript(transcript, job.channel_base(label), settings.formats)
+                    write_transcript(transcript, job.channel_base(label), settings.formats, settings.layout)
                 except OSError as error:
                     raise OSError(error.errno, f"cannot write its transcripts in {job.output_base.parent} "
                                   f"({error.strerror}); free some space there or choose another --output_dir") from None
@@ -128,25 +133,30 @@ def transcribe_file(
         if speakers is not None:
             speakers.add(window.offset, window.samples)
         decoded = window.offset + window.duration
-        if audio.inaudible(window.samples):  # Whisper would only invent words ("You") for silence
+        clips = clips_within(options.clips, window.offset, window.duration)
+        if audio.inaudible(window.samples) or clips == ():  # Whisper would only invent words ("You") for silence
             progress.within_file(name, decoded, info.duration, started)
             continue
-        result = engine.transcribe(window.samples, window_options)
+        result = engine.transcribe(window.samples, replace(window_options, clips=clips))
+        window_options = replace(window_options, prefix=None)  # the prefix starts the file, not every window
         if language is None:
             language, probability = result.language, result.language_probability
-            # Later windows keep the language found at the start, as one pass over the file would.
-            window_options = replace(window_options, language=language)
+            if not options.multilingual:
+                # Later windows keep the language found at the start, as one pass over the file would.
+                window_options = replace(window_options, language=language)
         for segment in result.segments:
             if audio.inaudible(window.between(segment.start, segment.end)):
                 continue
             placed = segment.shifted(window.offset)
+            placed.id = len(segments)
             segments.append(placed)
             if settings.verbose:
-                print(f"[{placed.start:8.2f} --> {placed.end:8.2f}] {placed.text.strip()}", flush=True)
+                print(f"[{placed.start:8.2f} --> {placed.end:8.2f}] {shown_text(placed, settings.print_colors)}",
+                      flush=True)
             progress.within_file(name, placed.end, info.duration, started)
         del window, result
         runtime.release_freed_memory()
-        if options.condition_on_previous_text and segments:
+        if options.condition_on_previous_text and segments and not options.carry_initial_prompt:
             carried = " ".join(s.text.strip() for s in segments[-10:])[-PROMPT_CARRY_CHARACTERS:]
             window_options = replace(window_options, initial_prompt=carried)
     segments = [clip(s, decoded) for s in segments]
@@ -156,7 +166,7 @@ def transcribe_file(
         turns = within(turns, decoded)
         segments = assign_speakers(segments, turns)
         if diarization.get("source") == "pipeline":  # its labels are arbitrary: number them as heard
-            segments, turns = number_in_transcript_order(segments, turns)
+            segments, turns = number_in_transcript_order(segments, turns, settings.speaker_name)
     return Transcript(
         source=str(info.path),
         language=language,
@@ -173,7 +183,38 @@ def transcribe_file(
         options=options_record(options),
         speaker_turns=turns,
         diarization=diarization,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def clips_within(clips, offset: float, duration: float) -> tuple[tuple[float, float], ...] | None:
+    """The file's clips that fall in the window [offset, offset + duration), on the window's time line.
+
+    None (no clips asked for) stays None; () means nothing in this window is to be transcribed.
+    """
+    if clips is None:
+        return None
+    inside = []
+    for start, end in clips:
+        start, end = max(start - offset, 0.0), min(end - offset, duration)
+        if end > start:
+            inside.append((round(start, 3), round(end, 3)))
+    return tuple(inside)
+
+
+CONFIDENCE_COLOURS = tuple(f"\033[38;5;{code}m" for code in (196, 202, 208, 214, 220, 226, 190, 154, 118, 82))
+RESET = "\033[0m"
+
+
+def shown_text(segment: Segment, colours: bool) -> str:
+    """The segment's text for the terminal: each word coloured by its probability, red to green."""
+    if not colours or not segment.words or not sys.stdout.isatty():
+        return segment.text.strip()
+    steps = len(CONFIDENCE_COLOURS)
+    return "".join(
+        CONFIDENCE_COLOURS[max(0, min(steps - 1, int(w.probability ** 3 * steps)))] + w.word + RESET
+        for w in segment.words
+    ).strip()
 
 
 def clip(segment: Segment, duration: float) -> Segment:
@@ -188,7 +229,12 @@ def clip(segment: Segment, duration: float) -> Segment:
 
 
 def options_record(options: DecodeOptions) -> dict:
-    record = {k: v for k, v in vars(options).items() if v is not None}
+    """The decoding options as the json records them."""
+    record = {k: v for k, v in vars(options).items() if v is not None and k != "vad"}
     record["temperature"] = list(options.temperature)
+    if options.vad_filter:
+        record["vad_parameters"] = options.vad.given()
+    if options.clips is not None:
+        record["clips"] = [[start, None if math.isinf(end) else end] for start, end in options.clips]
     return record
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+
+FRAMES_PER_SECOND = 100  # Whisper's mel frames
+# openai-whisper's segment keys, in its order; ours follow them.
+OPENAI_SEGMENT_KEYS = (
+    "id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob", "compression_ratio",
+    "no_speech_prob",
+)
 
 
 @dataclass
@@ -31,22 +38,25 @@ class SpeakerTurn:
 class Segment:
     start: float
     end: float
-    text: str
+    text: str  # as the engine decoded it, leading space included (openai-whisper's convention)
     words: list[Word] | None = None
     avg_logprob: float | None = None
     no_speech_prob: float | None = None
     compression_ratio: float | None = None
     temperature: float | None = None
     speaker: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    seek: int = 0  # where the engine's 30 s window began, in mel frames (100 per second)
+    id: int = 0  # the segment's place in the file's transcript
 
     def shifted(self, offset: float) -> "Segment":
         """The same segment on the file's time line, for audio decoded in windows."""
         if not offset:
             return self
         words = [Word(w.start + offset, w.end + offset, w.word, w.probability, w.speaker) for w in self.words or []]
-        return Segment(
-            self.start + offset, self.end + offset, self.text, words if self.words is not None else None,
-            self.avg_logprob, self.no_speech_prob, self.compression_ratio, self.temperature, self.speaker,
+        return replace(
+            self, start=self.start + offset, end=self.end + offset, words=words if self.words is not None else None,
+            seek=self.seek + round(offset * FRAMES_PER_SECOND),
         )
 
 
@@ -67,28 +77,29 @@ class Transcript:
     options: dict = field(default_factory=dict)
     speaker_turns: list[SpeakerTurn] | None = None  # the diarization, when the run diarized
     diarization: dict | None = None  # where the speaker turns came from
+    created: str = ""  # when it was transcribed, ISO 8601 in UTC
 
     @property
     def text(self) -> str:
-        return " ".join(s.text.strip() for s in self.segments if s.text.strip())
+        """The segments' texts joined as decoded, as openai-whisper's `text` is."""
+        return "".join(s.text for s in self.segments)
 
     @property
     def real_time_factor(self) -> float:
         return self.wall_time / self.duration if self.duration else 0.0
 
     def to_dict(self) -> dict:
+        """openai-whisper's json (text, segments, language) first, then ours alongside."""
         data = asdict(self)
-        data["text"] = self.text
+        data["segments"] = [segment_dict(s, bool(self.options.get("word_timestamps"))) for s in data["segments"]]
         data["real_time_factor"] = round(self.real_time_factor, 4)
-        if not self.options.get("word_timestamps"):
-            for segment in data["segments"]:
-                segment.pop("words", None)
         if self.speaker_turns is None:
             data.pop("speaker_turns")
             data.pop("diarization")
         else:
             data["speakers"] = self.speakers
-        return data
+        first = {"text": self.text, "segments": data.pop("segments"), "language": data.pop("language")}
+        return first | data
 
     @property
     def speakers(self) -> list[str]:
@@ -96,3 +107,12 @@ class Transcript:
         heard = [s.speaker for s in self.segments if s.speaker]
         turns = sorted(self.speaker_turns or [], key=lambda t: (t.start, t.end))
         return list(dict.fromkeys(heard + [t.speaker for t in turns]))
+
+
+def segment_dict(segment: dict, with_words: bool) -> dict:
+    """One segment as openai-whisper writes it (its keys in its order), then ours."""
+    ordered = {key: segment[key] for key in OPENAI_SEGMENT_KEYS}
+    if with_words:
+        ordered["words"] = segment["words"] or []
+    extra = {k: v for k, v in segment.items() if k not in ordered and k != "words" and v is not None}
+    return ordered | extra

@@ -6,6 +6,7 @@ Everything that would make every task fail is refused here, before anything is s
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -71,6 +72,9 @@ def explicit_settings(namespace: argparse.Namespace) -> dict:
     return given
 
 
+NEGATIVE_NUMBER = re.compile(r"-\d+|-\d*\.\d+")  # what argparse reads as a value, not a flag
+
+
 def engine_arguments(argv: Sequence[str], model: str) -> list[str]:
     """The user's own whisper-hpc flags, for every task: inputs, --output_dir and --file_list left
     out (each task has its own), paths made absolute, and the model pinned when none is named."""
@@ -84,7 +88,13 @@ def engine_arguments(argv: Sequence[str], model: str) -> list[str]:
             continue
         if value is not None and (flag in PATH_FLAGS or (flag in MAYBE_PATH_FLAGS and looks_like_path(value))):
             value = str(absolute(value))
-        recorded += [flag] if value is None else [flag, value]
+        if value is None:
+            recorded.append(flag)
+        elif value.startswith("-") and not NEGATIVE_NUMBER.fullmatch(value):
+            # as two words it would read back as a flag of its own
+            recorded.append(f"{flag}={value}")
+        else:
+            recorded += [flag, value]
     if not any(flag in ("--model", "-m", "--model_directory") for flag, _ in flags):
         recorded = ["--model", model, *recorded]  # the site default, pinned: every task uses the same model
     return recorded

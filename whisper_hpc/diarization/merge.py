@@ -15,19 +15,22 @@ from whisper_hpc.transcript import Segment, SpeakerTurn, Word
 MIN_WORD_SECONDS = 0.001  # a word stamped with zero duration still counts as a moment
 
 
-def number_speakers(turns: list[SpeakerTurn]) -> list[SpeakerTurn]:
+DEFAULT_SPEAKER_NAME = "SPEAKER"
+
+
+def number_speakers(turns: list[SpeakerTurn], name: str = DEFAULT_SPEAKER_NAME) -> list[SpeakerTurn]:
     """Rename speakers SPEAKER_00, SPEAKER_01, ... in order of first appearance."""
     ordered = sorted(turns, key=lambda t: (t.start, t.end))
     names: dict[str, str] = {}
     for turn in ordered:
-        names.setdefault(turn.speaker, f"SPEAKER_{len(names):02d}")
+        names.setdefault(turn.speaker, f"{name}_{len(names):02d}")
     return [replace(t, speaker=names[t.speaker]) for t in ordered]
 
 
 def number_in_transcript_order(
-    segments: list[Segment], turns: list[SpeakerTurn]
+    segments: list[Segment], turns: list[SpeakerTurn], name: str = DEFAULT_SPEAKER_NAME,
 ) -> tuple[list[Segment], list[SpeakerTurn]]:
-    """Rename speakers SPEAKER_00, ... in the order they are first heard in the transcript.
+    """Rename speakers SPEAKER_00 (`name`_00), ... in the order they are first heard in the transcript.
 
     Speakers who say no transcribed word follow, in order of their first turn.
     """
@@ -40,7 +43,7 @@ def number_in_transcript_order(
             order.setdefault(segment.speaker)
     for turn in sorted(turns, key=lambda t: (t.start, t.end)):
         order.setdefault(turn.speaker)
-    names = {old: f"SPEAKER_{index:02d}" for index, old in enumerate(order)}
+    names = {old: f"{name}_{index:02d}" for index, old in enumerate(order)}
     renamed_segments = [
         replace(
             s,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from whisper_hpc.engines.base import DecodeOptions, Engine, EngineError, ModelRequest
+from whisper_hpc.engines.base import DecodeOptions, Engine, EngineError, ModelRequest, VadParameters
 
 BACKENDS = ("faster-whisper", "openai-whisper")
 
@@ -20,4 +20,4 @@ def load_engine(backend: str, model: ModelRequest, notice=print) -> Engine:
     raise EngineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "DecodeOptions", "Engine", "EngineError", "ModelRequest", "load_engine"]
+__all__ = ["BACKENDS", "DecodeOptions", "Engine", "EngineError", "ModelRequest", "VadParameters", "load_engine"]

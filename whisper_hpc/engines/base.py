@@ -29,23 +29,50 @@ class ModelRequest:
 
 
 @dataclass(frozen=True)
+class VadParameters:
+    """Silero VAD settings as given; None leaves the engine's own default."""
+
+    threshold: float | None = None
+    min_speech_duration_ms: int | None = None
+    max_speech_duration_s: float | None = None
+    min_silence_duration_ms: int | None = None
+    speech_pad_ms: int | None = None
+
+    def given(self) -> dict:
+        return {name: value for name, value in vars(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
 class DecodeOptions:
     language: str | None = None
     task: str = "transcribe"
-    beam_size: int = 5
-    best_of: int = 5
+    multilingual: bool = False  # detect the language again for every segment
+    beam_size: int | None = 5  # None: greedy (openai-whisper's meaning)
+    best_of: int | None = 5
     patience: float | None = None
     length_penalty: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
     temperature: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
+    hallucination_silence_threshold: float | None = None
     condition_on_previous_text: bool = True
+    prompt_reset_on_temperature: float = 0.5
     initial_prompt: str | None = None
+    carry_initial_prompt: bool = False
+    prefix: str | None = None
+    hotwords: str | None = None
     word_timestamps: bool = False
+    prepend_punctuations: str = "\"'“¿([{-"
+    append_punctuations: str = "\"'.。,，!！?？:：”)]}、"
     suppress_tokens: str = "-1"
+    suppress_blank: bool = True
     vad_filter: bool = False
+    vad: VadParameters = VadParameters()
     batch_size: int = 0  # > 1: faster-whisper batched inference
+    clips: tuple[tuple[float, float], ...] | None = None  # stretches to transcribe, in seconds of this audio
 
 
 @dataclass

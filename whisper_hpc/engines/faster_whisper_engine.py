@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions
+from whisper_hpc.audio import SAMPLE_RATE
 from whisper_hpc.transcript import Segment, Word
+
+CLIP_SECONDS = 30.0  # Whisper's window
+BATCHED_MIN_SILENCE_MS = 160  # faster-whisper's own batched default
 
 
 class FasterWhisperEngine:
@@ -40,17 +44,28 @@ class FasterWhisperEngine:
         arguments = dict(
             language=options.language,
             task=options.task,
-            beam_size=options.beam_size,
-            best_of=options.best_of,
+            multilingual=options.multilingual,
+            beam_size=options.beam_size or 1,
+            best_of=options.best_of or 1,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
             temperature=list(options.temperature),
             compression_ratio_threshold=options.compression_ratio_threshold,
             log_prob_threshold=options.logprob_threshold,
             no_speech_threshold=options.no_speech_threshold,
+            hallucination_silence_threshold=options.hallucination_silence_threshold,
             condition_on_previous_text=options.condition_on_previous_text,
+            prompt_reset_on_temperature=options.prompt_reset_on_temperature,
             initial_prompt=options.initial_prompt,
+            prefix=options.prefix,
+            hotwords=options.hotwords,
             word_timestamps=options.word_timestamps,
+            prepend_punctuations=options.prepend_punctuations,
+            append_punctuations=options.append_punctuations,
             suppress_tokens=[int(t) for t in options.suppress_tokens.split(",") if t.strip()],
+            suppress_blank=options.suppress_blank,
             vad_filter=options.vad_filter,
+            vad_parameters=options.vad.given() or None,
         )
         if options.patience is not None:
             arguments["patience"] = options.patience
@@ -61,13 +76,32 @@ class FasterWhisperEngine:
                 from faster_whisper import BatchedInferencePipeline
 
                 self.batched = BatchedInferencePipeline(model=self.model)
-            segments, info = self.batched.transcribe(samples, batch_size=options.batch_size, without_timestamps=False, **arguments)
+            if options.clips is not None or not options.vad_filter:
+                whole = ((0.0, len(samples) / SAMPLE_RATE),)
+                arguments["clip_timestamps"] = batch_clips(options.clips or whole)
+            if arguments["vad_parameters"] and "min_silence_duration_ms" not in arguments["vad_parameters"]:
+                # given any VAD setting, the batched pipeline would fall back to VadOptions' 2 s silence
+                arguments["vad_parameters"]["min_silence_duration_ms"] = BATCHED_MIN_SILENCE_MS
+            segments, info = self.batched.transcribe(
+                samples, batch_size=options.batch_size, without_timestamps=False, **arguments)
         else:
+            if options.clips is not None:
+                arguments["clip_timestamps"] = [time for clip in options.clips for time in clip]
             segments, info = self.model.transcribe(samples, **arguments)
         return EngineResult((convert(s) for s in segments), info.language, info.language_probability)
 
     def versions(self) -> dict[str, str]:
         return package_versions("faster-whisper", "ctranslate2")
+
+
+def batch_clips(clips: tuple[tuple[float, float], ...]) -> list[dict]:
+    """Clips for the batched pipeline, which reads at most 30 s of each: longer ones cut in turn."""
+    pieces = []
+    for start, end in clips:
+        while end - start > 1e-3:
+            pieces.append({"start": start, "end": min(end, start + CLIP_SECONDS)})
+            start += CLIP_SECONDS
+    return pieces
 
 
 def convert(segment) -> Segment:
@@ -83,4 +117,6 @@ def convert(segment) -> Segment:
         no_speech_prob=segment.no_speech_prob,
         compression_ratio=segment.compression_ratio,
         temperature=segment.temperature,
+        tokens=list(segment.tokens),
+        seek=segment.seek,
     )

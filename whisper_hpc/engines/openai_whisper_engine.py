@@ -69,10 +69,17 @@ class OpenAIWhisperEngine:
                 compression_ratio_threshold=options.compression_ratio_threshold,
                 logprob_threshold=options.logprob_threshold,
                 no_speech_threshold=options.no_speech_threshold,
+                hallucination_silence_threshold=options.hallucination_silence_threshold,
                 condition_on_previous_text=options.condition_on_previous_text,
                 initial_prompt=options.initial_prompt,
+                carry_initial_prompt=options.carry_initial_prompt,
+                prefix=options.prefix,
                 word_timestamps=options.word_timestamps,
+                prepend_punctuations=options.prepend_punctuations,
+                append_punctuations=options.append_punctuations,
                 suppress_tokens=options.suppress_tokens,
+                suppress_blank=options.suppress_blank,
+                clip_timestamps=[time for clip in options.clips for time in clip] if options.clips is not None else "0",
                 fp16=self.fp16,
             )
         segments = (convert(s, options.word_timestamps) for s in result["segments"])
@@ -132,4 +139,6 @@ def convert(segment: dict, with_words: bool) -> Segment:
         no_speech_prob=segment.get("no_speech_prob"),
         compression_ratio=segment.get("compression_ratio"),
         temperature=segment.get("temperature"),
+        tokens=list(segment.get("tokens", [])),
+        seek=segment.get("seek", 0),
     )
