@@ -51,9 +51,9 @@ def test_hotwords_spell_a_name_the_model_does_not_know(cli, tmp_path, shared_dat
     hinted = cli(str(shared_data / "hotwords.mp3"), "--model", "tiny.en", "-o", str(tmp_path / "hinted"), "-f", "json",
                  "--hotwords", "ComfyUI")
     assert plain.returncode == hinted.returncode == 0, plain.stderr + hinted.stderr
-    assert "ComfyUI" not in load_json(tmp_path / "plain" / "hotwords.json")["text"]
+    assert "comfyui" not in load_json(tmp_path / "plain" / "hotwords.json")["text"].lower()  # "comfy eye"
     transcript = load_json(tmp_path / "hinted" / "hotwords.json")
-    assert "ComfyUI" in transcript["text"]
+    assert transcript["text"].lower().count("comfyui") == 2
     assert transcript["options"]["hotwords"] == "ComfyUI"
 
 
@@ -116,7 +116,7 @@ def test_subtitle_layout_limits_hold_in_srt_and_vtt(cli, tmp_path, shared_data, 
             for line in lines:
                 assert len(line) <= 20 or " " not in line.strip(), line
         spoken = " ".join(line for _, lines in found for line in lines)
-        assert normalise(spoken).split() == normalise(load_json(tmp_path / "jfk.json")["text"]).split()
+        assert normalise(spoken) == normalise(load_json(tmp_path / "jfk.json")["text"])
 
 
 def test_max_words_per_line(cli, tmp_path, shared_data):
@@ -169,17 +169,17 @@ def test_csv_and_docx_parse_back_with_every_word(cli, tmp_path, shared_data, ref
 
     result = cli(str(shared_data / "jfk.flac"), "--model", "tiny.en", "-o", str(tmp_path), "-f", "all")
     assert result.returncode == 0, result.stderr
-    expected = normalise(load_json(tmp_path / "jfk.json")["text"]).split()
+    expected = normalise(load_json(tmp_path / "jfk.json")["text"])
     assert word_error_rate(references["jfk.flac"], " ".join(expected)) <= 0.15
     with open(tmp_path / "jfk.csv", newline="", encoding="utf-8") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["start", "end", "speaker", "text"]
-    assert normalise(" ".join(r["text"] for r in rows)).split() == expected
+    assert normalise(" ".join(r["text"] for r in rows)) == expected
     assert all(float(r["start"]) <= float(r["end"]) for r in rows)
     document = docx.Document(str(tmp_path / "jfk.docx"))
     paragraphs = [p.text for p in document.paragraphs]
     assert any("jfk.flac" in p for p in paragraphs[:3])
-    assert set(expected) <= set(normalise(" ".join(paragraphs)).split())
+    assert set(expected) <= set(normalise(" ".join(paragraphs)))
 
 
 def test_pretty_json_indents_and_default_json_is_one_line(cli, tmp_path, shared_data):
@@ -261,7 +261,9 @@ def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, refere
     """`--batch_size 8` with no other flag works on audio longer than one window, as whisper-ctranslate2 users type it."""
     long_audio = tmp_path / "long.wav"
     listing = tmp_path / "parts.txt"
-    parts = [shared_data / "jfk.flac", shared_data / "sample.wav"] * 4
+    jfk = tmp_path / "jfk.wav"
+    ffmpeg("-i", str(shared_data / "jfk.flac"), "-ar", "16000", "-ac", "1", str(jfk))
+    parts = [jfk, shared_data / "sample.wav"] * 4
     listing.write_text("".join(f"file '{p}'\n" for p in parts))
     ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-ar", "16000", "-ac", "1", str(long_audio))
     result = cli(str(long_audio), "--model", "tiny.en", "--batch_size", "8", "-o", str(tmp_path), "-f", "json")
@@ -269,4 +271,4 @@ def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, refere
     assert "batched inference cuts the audio at silences: turning on --vad_filter" in result.stderr
     transcript = load_json(tmp_path / "long.json")
     assert transcript["duration"] > 150 and transcript["options"]["batch_size"] == 8
-    assert normalise(transcript["text"]).count("ask not what your country") == 4
+    assert " ".join(normalise(transcript["text"])).count("ask not what your country") == 4

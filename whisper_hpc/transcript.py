@@ -109,10 +109,16 @@ class Transcript:
         return list(dict.fromkeys(heard + [t.speaker for t in turns]))
 
 
+def word_dict(word: dict) -> dict:
+    """One word as openai-whisper writes it (word, start, end, probability), then its speaker."""
+    ordered = {key: word[key] for key in ("word", "start", "end", "probability")}
+    return ordered | ({"speaker": word["speaker"]} if word.get("speaker") else {})
+
+
 def segment_dict(segment: dict, with_words: bool) -> dict:
     """One segment as openai-whisper writes it (its keys in its order), then ours."""
     ordered = {key: segment[key] for key in OPENAI_SEGMENT_KEYS}
     if with_words:
-        ordered["words"] = segment["words"] or []
+        ordered["words"] = [word_dict(w) for w in segment["words"] or []]
     extra = {k: v for k, v in segment.items() if k not in ordered and k != "words" and v is not None}
     return ordered | extra
