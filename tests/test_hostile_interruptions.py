@@ -18,9 +18,9 @@ import pytest
 
 from conftest import BIN, IN_CI, need
 from test_diarization import pipeline_dir  # noqa: F401  (the session fixture)
+from whisper_hpc.writers import FORMATS
 
 pytestmark = [pytest.mark.system, pytest.mark.engine]
-FORMATS = ("json", "srt", "tsv", "txt", "vtt")
 
 
 def ffmpeg(*arguments: str) -> None:
@@ -60,7 +60,7 @@ def test_sigkill_mid_file_keeps_finished_transcripts_and_writes_nothing_half(mod
                     model_root, home, scratch)
     wait_for(process, "[1/2] done")
     finished = digest(out)
-    assert sorted(finished) == [f"jfk.{f}" for f in FORMATS]
+    assert sorted(finished) == sorted(f"jfk.{f}" for f in FORMATS)
     time.sleep(2)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)

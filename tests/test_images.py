@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT, need
 from wer import word_error_rate
+from whisper_hpc.writers import FORMATS
 
 pytestmark = pytest.mark.system
 
@@ -27,7 +28,6 @@ IMAGES = ROOT / "build" / "images"
 APPTAINER = shutil.which("apptainer")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TEST_USER = "whisper-hpc-ci"
-FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 RUN_TIMEOUT = 1800  # seconds; the CPU is shared with other jobs
 HOSTILE_NAME = "it's \"jfk\" ü $(touch pwned).flac"
 MISSING_NAME = "no such talk; $(touch pwned) `touch pwned`.wav"
