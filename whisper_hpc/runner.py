@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Callable
 
 from whisper_hpc import audio, runtime
