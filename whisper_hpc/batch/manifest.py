@@ -2,7 +2,8 @@
 
     OUTPUT_DIR/.whisper-batch/<name>.json        the manifest (files, flags, submissions)
     OUTPUT_DIR/.whisper-batch/<name>/            per submission: the job script, task logs,
-                                                 and one result file per task (results-S-T.json)
+                                                 one result file per task (results-S-T.json)
+                                                 and its resource samples (samples-S-T.tsv)
 
 File paths live only in JSON (and in argv lists handed straight to exec): nothing of a path is
 ever interpolated into a shell command line.
@@ -112,6 +113,10 @@ class Manifest:
 
     def result_path(self, submission: int, task: int) -> Path:
         return self.work_dir / f"results-{submission}-{task}.json"
+
+    def samples_path(self, submission: int, task: int) -> Path:
+        """The task's CPU, memory and GPU time series (whisper_hpc.batch.sampler)."""
+        return self.work_dir / f"samples-{submission}-{task}.tsv"
 
     def log_path(self, submission: int, task: int | str) -> Path:
         return self.work_dir / f"task-{submission}-{task}.log"
