@@ -353,7 +353,21 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
         notice(f"{engine.name} {request.model.name} on {engine.device} ({engine.compute_type}, {threads} threads)")
         return engine
 
-    return lambda: run_jobs(jobs, settings, load, options, speakers=speakers)
+    cache = None if arguments.no_cache else result_cache(request, backend, device, options, settings, speakers)
+    return lambda: run_jobs(jobs, settings, load, options, speakers=speakers, cache=cache)
+
+
+def result_cache(request: Request, backend: str, device: str, options, settings, speakers):
+    """The site's result cache for these settings, or None (off, or with a notice why it cannot be used)."""
+    from whisper_hpc.result_cache import ResultCache, cache_settings, settings_key
+
+    configured = cache_settings(request.site)
+    if not configured.directory:
+        return None
+    key = settings_key(model=request.model, backend=backend, device=device, compute_type=request.compute_type,
+                       options=options, split_channels=settings.split_channels, strict_audio=settings.strict_audio,
+                       window_seconds=settings.window_seconds, speakers=speakers)
+    return ResultCache.open(configured, key, notice)
 
 
 def speaker_source(arguments, root: Path, job_count: int, device: str, device_index: int, threads: int):

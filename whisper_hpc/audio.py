@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import stat
@@ -9,7 +10,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -248,6 +249,44 @@ def check_complete(info: AudioInfo, decoded_seconds: float, errors: str) -> None
             f"{info.path}: damaged audio ({first_line(errors)}); re-copy the file, "
             "or pass --ignore_decode_errors True to transcribe what can be decoded"
         )
+
+
+class SamplesDigest:
+    """SHA-256 of the samples Whisper is given, channel by channel: the same whether taken while
+    transcribing (window by window) or apart (`samples_sha256`), and for a lossless re-encode."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def channel(self, channel: int | None) -> None:
+        self.hash.update(f"channel {channel}\n".encode())
+
+    def add(self, samples: np.ndarray | bytes) -> None:
+        self.hash.update(samples if isinstance(samples, bytes) else samples.tobytes())
+
+    def hexdigest(self) -> str:
+        return self.hash.hexdigest()
+
+
+def samples_sha256(info: AudioInfo, channels: Sequence[int | None] = (None,), seconds: float | None = None) -> str | None:
+    """SamplesDigest of the file (or of its first `seconds`), decoded apart; None when ffmpeg cannot
+    decode it (the transcription then says why)."""
+    digest = SamplesDigest()
+    for channel in channels:
+        digest.channel(channel)
+        command = decode_command(info.path, channel)
+        if seconds is not None:
+            command[-1:-1] = ["-t", f"{seconds:g}"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        try:
+            for block in iter(lambda: process.stdout.read(READ_BLOCK), b""):
+                digest.add(block)
+        finally:
+            process.stdout.close()  # an interrupted ffmpeg ends on the closed pipe
+            code = process.wait()
+        if code != 0:
+            return None
+    return digest.hexdigest()
 
 
 def decode(path: Path, channel: int | None = None) -> np.ndarray:

@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="print each segment as it is transcribed")
     inputs.add_argument("--print_colors", type=str2bool, default=False, metavar="BOOL",
                         help="with --verbose on a terminal: colour each word by its confidence (red low, green high)")
+    inputs.add_argument("--no_cache", nargs="?", const=True, type=str2bool, default=False, metavar="BOOL",
+                        help="transcribe even what the site's result cache holds, and keep nothing there")
     inputs.add_argument("--pretty_json", "-p", type=str2bool, default=False, metavar="BOOL",
                         help="indent the json for people to read (default: one line, as openai-whisper writes it)")
 

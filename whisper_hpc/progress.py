@@ -45,7 +45,7 @@ class Progress:
             self.last_line = now
             self.say(line)
 
-    def file_finished(self, index: int, name: str, duration: float, wall: float) -> None:
+    def file_finished(self, index: int, name: str, duration: float, wall: float, how: str = "") -> None:
         if self.tty:
             self.stream.write("\r\033[K")
         self.files_done += 1
@@ -56,4 +56,5 @@ class Progress:
         if remaining > 0 and self.files_done:
             eta = f", ETA {clock(elapsed / self.files_done * remaining)} for {remaining} more"
         rtf = wall / duration if duration else 0.0
-        self.say(f"[{index}/{self.total}] done {name}: {clock(duration)} of audio in {wall:.1f} s (RTF {rtf:.2f}){eta}")
+        how = how or f"in {wall:.1f} s (RTF {rtf:.2f})"
+        self.say(f"[{index}/{self.total}] done {name}: {clock(duration)} of audio {how}{eta}")

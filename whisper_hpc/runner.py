@@ -14,6 +14,7 @@ from whisper_hpc.diarization.merge import DEFAULT_SPEAKER_NAME, assign_speakers,
 from whisper_hpc.engines import DecodeOptions, Engine
 from whisper_hpc.inputs import Job
 from whisper_hpc.progress import Progress
+from whisper_hpc.result_cache import START_SECONDS, ResultCache, hit_transcript
 from whisper_hpc.transcript import Segment, Transcript
 from whisper_hpc.writers import WriterOptions, write_transcript
 
@@ -61,10 +62,12 @@ def run_jobs(
     options: DecodeOptions,
     errors=None,
     speakers=None,
+    cache: ResultCache | None = None,
 ) -> Summary:
     """Run every job; `load` is called once, and only if at least one file needs transcribing.
 
-    With `speakers` (a diarization.source.SpeakerSource), every transcript gets speakers.
+    With `speakers` (a diarization.source.SpeakerSource), every transcript gets speakers. With
+    `cache`, a file whose audio was transcribed with these settings before is written from there.
     """
     errors = errors or sys.stderr
     summary = Summary()
@@ -83,30 +86,57 @@ def run_jobs(
         started = time.monotonic()
         try:
             info = audio.probe(job.source)
-            if engine is None:
-                engine = load()
-            file_speakers = speakers.begin(job.source) if speakers is not None else None
             channels: list[int | None] = [None]
             if settings.split_channels and info.channels > 1:
                 channels = list(range(info.channels))
-            duration = 0.0
+            found = cache.lookup(job.source, lambda: audio.samples_sha256(info, seconds=START_SECONDS),
+                                 lambda: audio.samples_sha256(info, channels)) if cache else None
+            if found is not None and found.hit is not None:
+                transcripts = [(label, hit_transcript(t, job.source, found.hit, started))
+                               for label, t in found.hit.transcripts]
+                write_all(job, transcripts, settings)
+                summary.done += 1
+                progress.file_finished(index, str(job.source), transcripts[-1][1].duration, time.monotonic() - started,
+                                       how=f"from the result cache (transcribed {found.hit.created})")
+                continue
+            if engine is None:
+                engine = load()
+            file_speakers = speakers.begin(job.source) if speakers is not None else None
+            transcripts = []
+            samples = audio.SamplesDigest() if found is not None and found.start_sha256 else None
             for channel in channels:
                 label = None if channel is None else channel_names(info.channels)[channel]
-                transcript = transcribe_file(engine, info, channel, label, options, settings, progress, file_speakers)
-                try:
-                    write_transcript(transcript, job.channel_base(label), settings.formats, settings.layout)
-                except OSError as error:
-                    raise OSError(error.errno, f"cannot write its transcripts in {job.output_base.parent} "
-                                  f"({error.strerror}); free some space there or choose another --output_dir") from None
-                duration = transcript.duration
+                if samples is not None:
+                    samples.channel(channel)
+                transcripts.append((label, transcribe_file(engine, info, channel, label, options, settings, progress,
+                                                           file_speakers, samples)))
+            key = None
+            if samples is not None:
+                found.decoded_sha256 = samples.hexdigest()
+                key = cache.entry_key(found.decoded_sha256)
+            if key:
+                transcripts = [(label, replace(t, cache={"hit": False, "key": key})) for label, t in transcripts]
+            write_all(job, transcripts, settings)
+            if key:
+                cache.store(found, transcripts)
             summary.done += 1
-            progress.file_finished(index, str(job.source), duration, time.monotonic() - started)
+            progress.file_finished(index, str(job.source), transcripts[-1][1].duration, time.monotonic() - started)
         except (audio.AudioError, OSError, ValueError, RuntimeError) as error:
             shown = str(job.source).replace("\x00", "\\x00")  # a NUL byte would cut the line short
             message = str(error) if shown in str(error) else f"{shown}: {error}"
             summary.failed.append(message)
             print(f"error: {message}", file=errors, flush=True)
     return summary
+
+
+def write_all(job: Job, transcripts: list[tuple[str | None, Transcript]], settings: RunSettings) -> None:
+    """Each channel's transcripts (or the file's), every format, each file atomically."""
+    for label, transcript in transcripts:
+        try:
+            write_transcript(transcript, job.channel_base(label), settings.formats, settings.layout)
+        except OSError as error:
+            raise OSError(error.errno, f"cannot write its transcripts in {job.output_base.parent} "
+                          f"({error.strerror}); free some space there or choose another --output_dir") from None
 
 
 def transcribe_file(
@@ -118,10 +148,12 @@ def transcribe_file(
     settings: RunSettings,
     progress: Progress,
     speakers=None,
+    samples: audio.SamplesDigest | None = None,
 ) -> Transcript:
     """Transcribe one file (or one channel of it) window by window, on the file's time line.
 
-    Each window is decoded once and handed to the engine and, when diarizing, to `speakers`.
+    Each window is decoded once and handed to the engine and, when diarizing, to `speakers`
+    (and with `samples`, hashed for the result cache).
     """
     started = time.monotonic()
     segments: list[Segment] = []
@@ -132,6 +164,8 @@ def transcribe_file(
     for window in audio.stream_windows(info, channel, settings.window_seconds, strict=settings.strict_audio):
         if speakers is not None:
             speakers.add(window.offset, window.samples)
+        if samples is not None:
+            samples.add(window.samples)
         decoded = window.offset + window.duration
         clips = clips_within(options.clips, window.offset, window.duration)
         if audio.inaudible(window.samples) or clips == ():  # Whisper would only invent words ("You") for silence

@@ -73,6 +73,20 @@ def slurm_time_check(value: str) -> str | None:
     return None
 
 
+def size_check(value: str) -> str | None:
+    from whisper_hpc.sizing import parse_memory
+
+    try:
+        parse_memory(value)
+    except ValueError:
+        return "a size such as 20G or 500M"
+    return None
+
+
+def optional_data_area_check(value: str) -> str | None:
+    return path_problem(value, "data area") if value else None
+
+
 def range_check(lowest: int, highest: int):
     return lambda value: None if lowest <= value <= highest else f"a whole number from {lowest} to {highest}"
 
@@ -146,8 +160,19 @@ class OnDemandTable:
     lmod_init: AbsolutePath = key("/usr/share/lmod/lmod/init/bash", "sourced in the job when `module` is missing")
 
 
+@dataclass(frozen=True)
+class CacheTable:
+    """[cache]: the result cache (whisper_hpc.result_cache): transcripts kept by audio content and settings."""
+
+    directory: str = key("", "where results are kept (bound into the container); empty: no result cache",
+                         optional_data_area_check)
+    shared: bool = key(False, "true: one cache for the directory's group (members read each other's "
+                              "transcripts); false: DIRECTORY/<user>, private to each user")
+    max_size: str = key("20G", "the cache's size limit; the least recently used results go first", size_check)
+
+
 TABLES = {"site": SiteInfo, "paths": PathsTable, "models": ModelsTable, "wrapper": WrapperTable,
-          "slurm": SlurmTable, "ondemand": OnDemandTable}
+          "slurm": SlurmTable, "ondemand": OnDemandTable, "cache": CacheTable}
 
 
 @dataclass(frozen=True)
@@ -160,6 +185,7 @@ class Site:
     wrapper: WrapperTable = field(default_factory=WrapperTable)
     slurm: SlurmTable = field(default_factory=SlurmTable)
     ondemand: OnDemandTable = field(default_factory=OnDemandTable)
+    cache: CacheTable = field(default_factory=CacheTable)
     source: Path | None = None  # the file it was read from; None: the defaults
 
     @property

@@ -78,6 +78,7 @@ class Transcript:
     speaker_turns: list[SpeakerTurn] | None = None  # the diarization, when the run diarized
     diarization: dict | None = None  # where the speaker turns came from
     created: str = ""  # when it was transcribed, ISO 8601 in UTC
+    cache: dict | None = None  # where the result cache stands on it (whisper_hpc.result_cache)
 
     @property
     def text(self) -> str:
@@ -98,6 +99,8 @@ class Transcript:
             data.pop("diarization")
         else:
             data["speakers"] = self.speakers
+        if self.cache is None:
+            data.pop("cache")
         first = {"text": self.text, "segments": data.pop("segments"), "language": data.pop("language")}
         return first | data
 
@@ -107,6 +110,18 @@ class Transcript:
         heard = [s.speaker for s in self.segments if s.speaker]
         turns = sorted(self.speaker_turns or [], key=lambda t: (t.start, t.end))
         return list(dict.fromkeys(heard + [t.speaker for t in turns]))
+
+
+def transcript_from_record(record: dict) -> Transcript:
+    """A Transcript from dataclasses.asdict(transcript), as the result cache keeps it."""
+    data = dict(record)
+    data["segments"] = [
+        Segment(**{**s, "words": None if s.get("words") is None else [Word(**w) for w in s["words"]]})
+        for s in data.get("segments", [])
+    ]
+    if data.get("speaker_turns") is not None:
+        data["speaker_turns"] = [SpeakerTurn(**t) for t in data["speaker_turns"]]
+    return Transcript(**data)
 
 
 def word_dict(word: dict) -> dict:
