@@ -40,6 +40,10 @@ HOSTILE = [
     ('[wrapper]\napptainer = "bin/apptainer --x"\n', r"\[wrapper\] apptainer must be a program name or an absolute path"),
     ('[wrapper]\nscratch_variables = ["TMPDIR", "$(id)"]\n', r"scratch_variables must be variable names, not '\$\(id\)'"),
     ("wrapper = 3\n", r"\[wrapper\] must be a table, not the number 3"),
+    ('[cache]\ndirectory = "/etc/whisper"\n', r"\[cache\] directory must be a data folder outside /etc"),
+    ('[cache]\ndirectory = "cache"\n', r"\[cache\] directory must be an absolute path, not 'cache'"),
+    ('[cache]\nshared = "group"\n', r"\[cache\] shared must be true or false, not the string 'group'"),
+    ('[cache]\nmax_size = "lots"\n', r"\[cache\] max_size must be a size such as 20G or 500M, not 'lots'"),
 ]
 
 
