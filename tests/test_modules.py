@@ -182,6 +182,22 @@ def test_hostile_site_values_and_paths_cannot_break_or_run_anything(tmp_path):
     assert not [p for p in tmp_path.rglob("pwned*")]
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_help_says_where_results_are_cached_when_the_site_caches_them(tmp_path, shared):
+    prefix, _, _ = install_with(tmp_path, ["tiny.en"])
+    plain = run_lmod(prefix, "module help whisper", tmp_path)
+    assert plain.returncode == 0 and "cached" not in plain.stderr
+    site = tmp_path / "site.toml"
+    site.write_text(site.read_text() + f'\n[cache]\ndirectory = "/scratch/results"\nshared = {str(shared).lower()}\n')
+    from whisper_hpc.install import install
+
+    install(site, prefix, tmp_path / "no-images", venv=Path(sys.prefix), say=lambda line: None)
+    result = run_lmod(prefix, "module help whisper", tmp_path)
+    assert result.returncode == 0, result.stderr
+    where = "/scratch/results (shared by its group" if shared else "/scratch/results/$USER (yours alone)"
+    assert f"Results are cached in {where}" in result.stderr and "--no_cache" in result.stderr
+
+
 def json_string(text: str) -> str:
     import json
 
