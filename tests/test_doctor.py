@@ -48,9 +48,14 @@ def test_doctor_names_each_problem(cli, tmp_path, model_root):
         "pipeline:\n  name: pyannote.audio.pipelines.SpeakerDiarization\n"
         "  params:\n    segmentation: pyannote/segmentation-3.0\n    embedding: pyannote/wespeaker-voxceleb-resnet34-LM\n"
     )
-    result = cli("doctor", env={"WHISPER_MODELS": str(root)})
+    open_to_all = tmp_path / "results"
+    open_to_all.mkdir()
+    os.chmod(open_to_all, 0o777)
+    result = cli("doctor", env={"WHISPER_MODELS": str(root), "WHISPER_HPC_RESULT_CACHE": str(open_to_all),
+                                "WHISPER_HPC_RESULT_CACHE_SHARED": "1"})
     assert result.returncode == 1, result.stdout + result.stderr
     report = rows(result.stdout)
+    assert report["result cache"].startswith(f"UNUSABLE: {open_to_all} is writable by every user")
     assert report["tiny.en"] == "incomplete: no tokenizer.json"
     assert f"{no_tokenizer} lacks tokenizer.json" in result.stdout and "whisper-models fetch tiny.en" in result.stdout
     assert f"no models are staged in {root}" in result.stdout

@@ -11,6 +11,7 @@ from whisper_hpc import runtime
 from whisper_hpc.devices import engine_cuda_status, explain_cuda_unusable, gather_gpu_report
 from whisper_hpc.engines.base import installed_version
 from whisper_hpc.model_store import list_staged
+from whisper_hpc.result_cache import CacheUnusable, cache_settings, prepared_root
 from whisper_hpc.site import Site, SiteError, load_site, model_root
 
 NETWORK_VARIABLES = ("HF_ENDPOINT", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
@@ -94,6 +95,19 @@ def doctor(argv: Sequence[str]) -> int:
     section("diarization")
     for label, state in diarization_pipelines(root):
         row(label, state)
+
+    section("result cache")
+    cache = cache_settings(site)
+    if not cache.directory:
+        row("result cache", "off (the site's [cache] directory is empty)")
+    else:
+        try:
+            where = f"{prepared_root(cache)}, {'shared by its group' if cache.shared else 'yours alone'}"
+        except CacheUnusable as error:
+            where = f"UNUSABLE: {error}"
+            problems.append(f"result cache off: {error}")
+        row("result cache", where)
+        row("size limit", f"{cache.max_bytes >> 20} MB")
 
     section("network")
     for name in runtime.OFFLINE_VARIABLES:
