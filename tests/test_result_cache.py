@@ -298,3 +298,18 @@ def test_the_wrapper_binds_the_cache_and_the_site_decides_it():
     assert {k: v for k, v in env_passed(command).items() if k in result_cache.VARIABLES} == {
         "WHISPER_HPC_RESULT_CACHE": "/cache/whisper", "WHISPER_HPC_RESULT_CACHE_SHARED": "1",
         "WHISPER_HPC_RESULT_CACHE_MAX_SIZE": "5G"}
+
+
+def test_a_full_cache_disk_is_a_notice_and_the_result_still_stands(tmp_path, monkeypatch):
+    import errno
+
+    cache = open_cache(tmp_path)
+
+    def full(path, content, mode=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(result_cache, "write_atomically", full)
+    found = Lookup("f", "s", "a")
+    assert cache.store(found, [(None, transcript("x"))]) is None
+    assert cache.notices == [f"result cache: cannot keep this result in {cache.root} (No space left on device)"]
+    assert not entries(tmp_path / "cache")
