@@ -12,7 +12,16 @@ whisper-hpc flags, one CPU per task or step, in turn, in one run:
 The figures that matter are ratios of files per minute, since these machines are shared and
 absolute times drift with load.
 
-    python tests/bench_batch.py [--rounds 2] [--parallel 2] [--model tiny.en]
+Then, without Slurm, the task sampler's overhead (whisper_hpc.batch.sampler): the same
+`whisper-batch run` over the same recordings with the sampler at its default interval and with
+it off (WHISPER_HPC_SAMPLE_SECONDS=0), in alternation; the medians' difference is the overhead
+on the wall time (target < 1 %). Wall times that close are within the machine's noise, so the
+sampler's own cost is also measured directly: one more run with the task's sampler off and the
+same Sampler, at the same interval, watching that run's process tree from here, summing the
+CPU time its thread spends in sample() (what the task's sampler would spend).
+
+    python tests/bench_batch.py [--rounds 2] [--parallel 2] [--model tiny.en] [--sampler_rounds 3]
+                                [--only array|sampler]
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +42,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "infra"))
 from cluster import Cluster  # noqa: E402
-from test_batch import SUBMITTED, make_recordings  # noqa: E402
+from test_batch import SUBMITTED, Recordings, make_recordings  # noqa: E402
+
+from whisper_hpc.batch.sampler import DEFAULT_INTERVAL, INTERVAL_VARIABLE, Sampler, all_stat_lines  # noqa: E402
 
 ROOT = HERE.parent
 BIN = Path(sys.executable).parent
 SHARED = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
 MODELS = Path(os.environ.get("WHISPER_MODELS", ROOT / "build" / "models"))
 TARGET = 2.0
+SAMPLER_TARGET = 1.0  # percent of the wall time
 
 
 def engine_flags(model: str) -> list[str]:
@@ -87,14 +101,8 @@ def srun_round(env: dict, files: list[Path], out: Path, parallel: int, model: st
     return time.monotonic() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--parallel", type=int, default=2, help="array throttle = concurrent sruns")
-    parser.add_argument("--model", default="tiny.en")
-    arguments = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
-    recordings = make_recordings(work / "recordings", SHARED, broken=False)
+def array_section(arguments: argparse.Namespace, work: Path, recordings: Recordings) -> None:
+    """The array against one srun per file, on a private Slurm cluster."""
     files = recordings.good
     print(f"{len(files)} recordings, model {arguments.model}, {arguments.parallel} at a time, "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
@@ -126,6 +134,108 @@ def main() -> int:
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
         cluster.stop()
+
+
+def plain_env(work: Path, sample_seconds: str | None) -> dict:
+    """A clean environment outside Slurm; `sample_seconds` None leaves the sampler at its default."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("SLURM_") and key not in ("WHISPER_HPC_SITE", INTERVAL_VARIABLE)}
+    env.update({"PATH": os.pathsep.join([str(BIN), env.get("PATH", "/usr/bin:/bin")]), "WHISPER_MODELS": str(MODELS),
+                "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8"})
+    if sample_seconds is not None:
+        env[INTERVAL_VARIABLE] = sample_seconds
+    return env
+
+
+def start_batch_run(env: dict, folder: Path, out: Path, model: str) -> subprocess.Popen:
+    argv = [str(BIN / "whisper-batch"), "run", str(folder), *engine_flags(model), "--output_dir", str(out)]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_batch_run(process: subprocess.Popen) -> None:
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"whisper-batch run failed:\n{stdout}{stderr[-2000:]}")
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def batch_run_seconds(env: dict, folder: Path, out: Path, model: str) -> tuple[float, float]:
+    """Wall and CPU seconds (its whole process tree) of one `whisper-batch run` over `folder`
+    (a fresh `out`, so every file is transcribed)."""
+    started, cpu = time.monotonic(), children_cpu_seconds()
+    finish_batch_run(start_batch_run(env, folder, out, model))
+    return time.monotonic() - started, children_cpu_seconds() - cpu
+
+
+def sampler_section(arguments: argparse.Namespace, work: Path, recordings: Recordings) -> None:
+    """whisper-batch run with the task sampler at its default interval and off, alternating."""
+    files = recordings.good
+    print(f"task sampler: {len(files)} recordings, model {arguments.model}, whisper-batch run outside Slurm, "
+          f"interval {DEFAULT_INTERVAL:g} s, {len(all_stat_lines())} processes on this machine, "
+          f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    modes = {"sampler on": plain_env(work, None), "sampler off": plain_env(work, "0")}
+    batch_run_seconds(modes["sampler off"], recordings.folder, work / "out-warm-up", arguments.model)  # caches warm
+    walls: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpus: dict[str, list[float]] = {mode: [] for mode in modes}
+    for number in range(arguments.sampler_rounds):
+        order = list(modes) if number % 2 == 0 else list(reversed(modes))
+        for mode in order:
+            out = work / f"out-{mode.replace(' ', '-')}-{number}"
+            wall, cpu = batch_run_seconds(modes[mode], recordings.folder, out, arguments.model)
+            walls[mode].append(wall)
+            cpus[mode].append(cpu)
+            print(f"  round {number + 1} {mode:<11} {wall:6.2f} s wall  {cpu:6.2f} s CPU", flush=True)
+    on, off = statistics.median(walls["sampler on"]), statistics.median(walls["sampler off"])
+    overhead = (on - off) / off * 100
+    spread = (max(walls["sampler off"]) - min(walls["sampler off"])) / off * 100
+    print(f"median wall, sampler on            {on:6.2f} s")
+    print(f"median wall, sampler off           {off:6.2f} s")
+    print(f"overhead on the wall time          {overhead:+6.2f} %   (target < {SAMPLER_TARGET:g} %: "
+          f"{'met' if overhead < SAMPLER_TARGET else 'NOT met'}; the runs off alone spread {spread:.1f} %)")
+    extra_cpu = statistics.median(cpus["sampler on"]) - statistics.median(cpus["sampler off"])
+    print(f"extra CPU with the sampler         {extra_cpu:+6.2f} s   ({extra_cpu / off * 100:+.2f} % of the wall time; "
+          f"other load moves it too)")
+    sampler_cost(work, recordings, arguments.model)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+def sampler_cost(work: Path, recordings: Recordings, model: str) -> None:
+    """The sampler's own CPU time, measured directly on a twin run's process tree."""
+    started = time.monotonic()
+    process = start_batch_run(plain_env(work, "0"), recordings.folder, work / "out-sampler-cost", model)
+    sampler = Sampler(work / "samples-cost.tsv", process.pid, interval=DEFAULT_INTERVAL).start()
+    try:
+        finish_batch_run(process)
+    finally:
+        sampler.stop()
+    wall = time.monotonic() - started
+    cost = sampler.cost
+    share = cost.cpu_seconds / wall * 100
+    print(f"sampler's own CPU, measured        {cost.cpu_seconds * 1000:6.1f} ms over {wall:.1f} s: "
+          f"{share:.3f} % of the wall time (target < {SAMPLER_TARGET:g} %: {'met' if share < SAMPLER_TARGET else 'NOT met'}; "
+          f"loading NVML and {cost.samples} samples: {cost.cpu_seconds / max(cost.samples, 1) * 1000:.1f} ms a sample on average)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--parallel", type=int, default=2, help="array throttle = concurrent sruns")
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--sampler_rounds", type=int, default=3, help="runs with the task sampler on (as many off)")
+    parser.add_argument("--only", choices=("array", "sampler"), help="run one section")
+    arguments = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    try:
+        recordings = make_recordings(work / "recordings", SHARED, broken=False)
+        if arguments.only != "sampler":
+            array_section(arguments, work, recordings)
+        if arguments.only != "array":
+            sampler_section(arguments, work, recordings)
+    finally:
         subprocess.run(["rm", "-rf", str(work)])
     return 0
 

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from whisper_hpc.batch.manifest import Manifest, TaskResult, write_result
+from whisper_hpc.batch.manifest import Manifest, Submission, TaskResult, write_result
+from whisper_hpc.batch.sampler import Sampler
 from whisper_hpc.batch.selection import NamingError, check_invocation, invocations, list_safe
 
 FORWARD_GRACE_SECONDS = 2.0  # Slurm signals every process of the job; forward only if whisper-hpc missed it
@@ -157,7 +158,22 @@ def run_task(manifest: Manifest, submission_number: int | None, task: int, job_i
     stopper = Stopper()
     stopper.install()
     chunk = submission.tasks[task]
-    for number, (output_dir, indices) in enumerate(invocations(manifest.entries, chunk)):
+    with Sampler(manifest.samples_path(submission.number, task), os.getpid()):  # stopped before the last result
+        run_chunk(manifest, submission, task, record, stopper)
+    record.ended = time.time()
+    done = all(manifest.is_done(i) for i in chunk)
+    record.state = "terminated" if stopper.stopping and not done else "finished"
+    write_result(result_path, record)
+    if record.state == "terminated":
+        return TERMINATED
+    if record.task_error:
+        return 2
+    return 0 if done else 1
+
+
+def run_chunk(manifest: Manifest, submission: Submission, task: int, record: TaskResult, stopper: Stopper) -> None:
+    """The task's whisper-hpc runs, one per output folder, noted in `record`; until `stopper` says stop."""
+    for number, (output_dir, indices) in enumerate(invocations(manifest.entries, submission.tasks[task])):
         if stopper.stopping:
             break
         if all(manifest.is_done(i) for i in indices):
@@ -177,12 +193,3 @@ def run_task(manifest: Manifest, submission_number: int | None, task: int, job_i
         record.errors.update({str(i): reason for i, reason in errors.items()})
         if code == 2:
             record.task_error = usage_error(text) or "whisper-hpc refused to run (exit status 2); see the log"
-    record.ended = time.time()
-    done = all(manifest.is_done(i) for i in chunk)
-    record.state = "terminated" if stopper.stopping and not done else "finished"
-    write_result(result_path, record)
-    if record.state == "terminated":
-        return TERMINATED
-    if record.task_error:
-        return 2
-    return 0 if done else 1
