@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from cluster_fixtures import installed_prefix, slurm_cluster  # noqa: F401  (pytest fixtures)
 from conftest import need
 from ood_app import (
-    Submission, bash_syntax_ok, install_app, make_site, python_yaml, recorded_fields, render_completed,
-    ruby_available, ruby_yaml, run_job_locally, sentinels_in, site_dict, submit_form, with_ondemand,
+    Submission, bash_syntax_ok, clean_env, install_app, make_site, python_yaml, recorded_fields, render_completed,
+    ruby_available, ruby_yaml, run_job_locally, sentinels_in, site_dict, stub_tools, submit_form, with_ondemand,
 )
 from whisper_hpc import ondemand, sizing
 from whisper_hpc.errors import WhisperHpcError
@@ -467,6 +469,59 @@ def test_the_job_stops_when_the_audio_moved_outside_after_submission(workspace: 
     assert not (workspace.root / "record" / "whisper-batch.argv").exists(), "the batch tool never started"
 
 
+# A whisper-batch that records every call (NUL-separated, one call per line); `run` leaves a
+# manifest as the real one does and exits RUN_EXIT, `report` exits REPORT_EXIT.
+RECORDING_BATCH = """\
+#!/bin/sh
+for argument in "$@"; do printf '%s\\0' "$argument"; done >> "$WHISPER_TEST_RECORD/calls"
+printf '\\n' >> "$WHISPER_TEST_RECORD/calls"
+previous=""
+for argument in "$@"; do
+  [ "$previous" = "--output_dir" ] && output_dir="$argument"
+  previous="$argument"
+done
+case "$1" in
+  run) mkdir -p "$output_dir/.whisper-batch" && echo '{}' > "$output_dir/.whisper-batch/20250101-000000-abcdef.json"
+       exit "$RUN_EXIT" ;;
+  report) echo "whisper-batch: cannot write the report" >&2; exit "$REPORT_EXIT" ;;
+esac
+"""
+
+
+def run_job_recording_calls(job: dict, workspace: Workspace, record: Path, run_exit: int, report_exit: int):
+    """The rendered job with bash, as run_job_locally runs it, but with RECORDING_BATCH: (result, calls)."""
+    record.mkdir(parents=True, exist_ok=True)
+    _init, bin_dir = stub_tools(workspace.stubs)
+    (bin_dir / "whisper-batch").write_text(RECORDING_BATCH, encoding="utf-8")
+    env = clean_env(workspace.home, **job.get("environment", {}), WHISPER_TEST_RECORD=str(record),
+                    RUN_EXIT=str(run_exit), REPORT_EXIT=str(report_exit))
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    result = subprocess.run(["bash", job["script"]], capture_output=True, text=True, timeout=120, env=env,
+                            cwd=workspace.home)
+    lines = (record / "calls").read_text(encoding="utf-8").split("\n")[:-1] if (record / "calls").exists() else []
+    return result, [line.split("\0")[:-1] for line in lines]
+
+
+@pytest.mark.parametrize("run_exit, report_exit", [(0, 0), (1, 0), (0, 2)], ids=["done", "some-failed", "report-fails"])
+def test_the_job_writes_the_batch_report_and_ends_as_the_run_did(workspace: Workspace, run_exit: int, report_exit: int):
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks"), workspace.home)
+    result, calls = run_job_recording_calls(submission.job, workspace, workspace.root / "record", run_exit, report_exit)
+    assert result.returncode == run_exit, result.stderr
+    run, report = calls
+    assert run[0] == "run"
+    manifest = submission.session / "transcripts" / ".whisper-batch" / "20250101-000000-abcdef.json"
+    assert report == ["report", str(manifest), "--html", str(submission.session / ondemand.REPORT_FILE)]
+    assert ("the batch report was not written" in result.stderr) == (report_exit != 0)
+
+
+def test_no_report_when_the_run_left_no_manifest(workspace: Workspace):
+    """Nothing to do (or refused before a manifest): the job does not ask for a report."""
+    submission = submit_form(workspace.app, workspace.session(), form(workspace.allowed / "talks"), workspace.home)
+    result = run_job_locally(submission.job, workspace.home, workspace.stubs, workspace.root / "record")
+    assert result.returncode == 0, result.stderr
+    assert recorded_fields(workspace.root / "record" / "whisper-batch.argv")[0] == "run", "the run was the last call"
+
+
 # ---- sizing ----------------------------------------------------------------------------------------
 
 
@@ -649,6 +704,14 @@ def test_completed_view_lists_the_transcripts_escaped(workspace: Workspace):
 
     empty = render_completed(workspace.app, workspace.session("failed"), workspace.home)
     assert "No transcripts were written" in empty and "output.log" in empty
+    assert "batch report" not in html and "batch report" not in empty, "no link to a report the job did not write"
+
+    (session / ondemand.REPORT_FILE).write_text("<html>the report</html>")
+    linked = render_completed(workspace.app, session, workspace.home)
+    report_url = "/pun/sys/dashboard/files/fs/" + "/".join(quote(part, safe="") for part in
+                                                           (session / ondemand.REPORT_FILE).parts[1:])
+    assert f'<a href="{report_url}">the batch report</a>' in linked
+    assert "2 file(s)" in linked, "the report is not counted among the transcripts"
 
 
 # ---- through the real cluster ------------------------------------------------------------------
@@ -713,6 +776,10 @@ def test_forms_submitted_with_real_sbatch_write_real_transcripts(
     log = (good.session / "output.log").read_text(encoding="utf-8")
     assert "(2 file(s), model tiny.en)" in log and f"--time={good.environment['WHISPER_OOD_TIME']}" in log, \
         "the size reached the job through job_environment"
+    report = (good.session / ondemand.REPORT_FILE).read_text(encoding="utf-8")
+    assert re.search(r'id="count-done">2<', report) and re.search(r'id="count-failed">0<', report), report[:2000]
+    assert "2 done, 0 failed, 0 left" in log, "the report's summary is in the job's log"
+    assert "the batch report</a>" in html and quote(ondemand.REPORT_FILE) in html
 
     (allowed / "talks" / "jfk.flac").unlink()
     (allowed / "talks" / "jfk.flac").symlink_to(outside / "jfk.flac")

@@ -39,6 +39,9 @@ APP_FILES: dict[str, tuple[str, int]] = {
     "ondemand/completed.html.erb.j2": ("completed.html.erb", 0o644),
 }
 MODULES = {"plain": "whisper", "diarization": "whisper-diarization"}
+# The job's batch report (`whisper-batch report --html`), in the session folder beside output.log
+# (not among the transcripts, which the completed view lists and counts).
+REPORT_FILE = "report.html"
 MAX_HOURS_WHEN_UNLIMITED = 168
 # A name Slurm, Lmod and YAML all take literally: no spaces, quotes or shell characters.
 SAFE_NAME = re.compile(r"\A[A-Za-z0-9_.+-]{1,64}\Z")
@@ -191,6 +194,7 @@ def job_policy(site: Site, models: list[dict], prefix: Path) -> dict:
         "module_path": str(prefix / "modulefiles"),
         "lmod_init": settings.lmod_init,
         "output_folder": "transcripts",
+        "report_file": REPORT_FILE,
         "support": site.site.support,
     }
 

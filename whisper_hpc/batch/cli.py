@@ -7,7 +7,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from whisper_hpc.batch import plan, slurm
 from whisper_hpc.batch.manifest import Manifest, find_by_job, manifest_path, new_name
@@ -16,12 +16,19 @@ from whisper_hpc.batch.schedule import ArrayPlan, describe, plan_array, probe_du
 from whisper_hpc.batch.selection import group_key, groups, select, whole_groups
 from whisper_hpc.errors import WhisperHpcError
 
+if TYPE_CHECKING:
+    from whisper_hpc.batch.report.data import BatchReport
+
 USAGE = """\
 usage:
   whisper-batch submit PATH... [batch options] [whisper-hpc flags]   transcribe as a Slurm array job
   whisper-batch run PATH... [whisper-hpc flags]     transcribe inside the current allocation (no sbatch)
   whisper-batch status JOBID|MANIFEST [--json]      done / failed / running / pending per file
   whisper-batch resume MANIFEST [batch options]     resubmit only what is not done
+  whisper-batch report JOBID|MANIFEST [--html FILE] [--png FILE]
+                                                    failures, times, tasks, CPU and memory advice: a
+                                                    summary, and an HTML page (default: .whisper-batch/
+                                                    NAME/report.html); --png: the plots in one image
   whisper-batch task [--submission N] MANIFEST      what each array task runs (Slurm calls this)
 
 batch options (defaults: from the model and the audio, and the site configuration):
@@ -36,10 +43,11 @@ examples:
   whisper-batch submit interviews/ --model small --language en --output_dir transcripts/
   whisper-batch status 123456
   whisper-batch resume transcripts/.whisper-batch/20250101-120000-1a2b3c.json
+  whisper-batch report 123456 --html ~/batch-report.html
 
 Any whisper-hpc flag (whisper-hpc --help) is passed on to every task. Files whose transcripts
 exist are skipped. Exit status: submit/run/resume 0 ok; status 0 when every file is done, else 1;
-2 when nothing could be submitted (the message says why).
+report 0 when it wrote the report; 2 when nothing could be submitted or written (the message says why).
 """
 
 
@@ -48,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0 if argv else 2
-    handlers = {"submit": submit, "run": run, "status": status, "resume": resume, "task": task}
+    handlers = {"submit": submit, "run": run, "status": status, "resume": resume, "report": report, "task": task}
     handler = handlers.get(argv[0])
     if handler is None:
-        say(f"unknown command '{argv[0]}'; choose submit, run, status, resume or task (whisper-batch --help)")
+        say(f"unknown command '{argv[0]}'; choose submit, run, status, resume, report or task (whisper-batch --help)")
         return 2
     if any(a in ("-h", "--help") for a in argv[1:]):
         print(USAGE, end="")
@@ -253,6 +261,56 @@ def status(argv: Sequence[str]) -> int:
     statuses = file_statuses(manifest)
     sys.stdout.write(as_json(manifest, statuses) if "--json" in argv else report(manifest, statuses))
     return 0 if all(s.state == "done" for s in statuses) else 1
+
+
+def report(argv: Sequence[str]) -> int:
+    """Print the text summary; write the HTML page (and, with --png, the figures in one PNG)."""
+    from whisper_hpc.batch.report import data, html, text
+
+    parser = Parser(prog="whisper-batch report", add_help=False, allow_abbrev=False)
+    parser.add_argument("target")
+    parser.add_argument("--html", type=Path)
+    parser.add_argument("--png", type=Path)
+    arguments = parser.parse_args(list(argv))
+    manifest = Manifest.load(locate(arguments.target))
+    gathered = data.gather(manifest)
+    summary = text.summary(gathered)
+    sys.stdout.write(summary)
+    sys.stdout.flush()
+    pictures, plots_note = draw(gathered)
+    page = html.page(gathered, pictures, summary, plots_note)
+    destination = arguments.html or manifest.work_dir / "report.html"
+    written = [write_report(destination, page.encode("utf-8", "backslashreplace"), "--html")]
+    if arguments.png:
+        from whisper_hpc.batch.report.plots import sheet_png
+
+        if plots_note:
+            raise Refusal(f"cannot draw {arguments.png}: {plots_note.removeprefix('no plots: ')}")
+        written.append(write_report(arguments.png, sheet_png(gathered), "--png"))
+    for path in written:
+        print(f"report written: {path}")
+    return 0
+
+
+def draw(gathered: "BatchReport") -> tuple[dict[str, bytes], str]:
+    """The report's figures, or none and why (a report without plots beats no report)."""
+    from whisper_hpc.batch.report.plots import pictures
+
+    try:
+        return pictures(gathered), ""
+    except ImportError as error:
+        return {}, f"no plots: matplotlib cannot be imported here ({error})"
+
+
+def write_report(path: Path, content: bytes, option: str) -> Path:
+    from whisper_hpc.files import write_atomically
+
+    try:
+        write_atomically(path, content)
+    except OSError as error:
+        raise Refusal(f"cannot write the report {path}: {error.strerror or error}; "
+                      f"pass {option} FILE in a folder you can write") from None
+    return path
 
 
 def task(argv: Sequence[str]) -> int:
