@@ -309,9 +309,9 @@ def test_a_real_gpu_through_nvml(tmp_path):
         count = pynvml.nvmlDeviceGetCount()
         pynvml.nvmlShutdown()
     except pynvml.NVMLError as error:
-        pytest.skip(f"no NVIDIA driver here: {error}")
+        pytest.skip(reason=f"needs a GPU node: no NVIDIA driver here ({error})")
     if not count:
-        pytest.skip("NVML sees no GPU")
+        pytest.skip(reason="needs a GPU node: NVML sees no GPU")
     path = tmp_path / "samples.tsv"
     Sampler(path, os.getpid(), interval=60, environ={}).start().stop()
     samples = read_samples(path)
