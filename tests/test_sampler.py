@@ -17,9 +17,9 @@ from whisper_hpc.batch import task as task_module
 from whisper_hpc.batch.manifest import Manifest, manifest_path, read_result
 from whisper_hpc.batch.sampler import (
     DEFAULT_INTERVAL, HEADER, Sample, Sampler, interval_from_environment, parse_stat, read_samples, tree_pids,
-    visible_devices,
 )
 from whisper_hpc.batch.selection import Entry
+from whisper_hpc.devices import visible_devices
 
 GIB = 1 << 30
 TREE_SCRIPT = """\
@@ -180,8 +180,9 @@ def test_cuda_visible_devices_limits_the_gpus(tmp_path, monkeypatch, visible):
     assert [(s.gpu, s.gpu_util_percent, s.gpu_memory_used_bytes) for s in samples] == [(1, 90, 5 * GIB)] * 2
 
 
-def test_no_visible_gpu_means_cpu_rows_only(tmp_path, monkeypatch):
-    samples = gpu_rows(tmp_path, monkeypatch, {"CUDA_VISIBLE_DEVICES": ""})
+@pytest.mark.parametrize("visible", ["", "NoDevFiles", "-1"])
+def test_no_visible_gpu_means_cpu_rows_only(tmp_path, monkeypatch, visible):
+    samples = gpu_rows(tmp_path, monkeypatch, {"CUDA_VISIBLE_DEVICES": visible})
     assert [s.gpu for s in samples] == [None, None]
 
 
@@ -196,7 +197,7 @@ def test_visible_devices_are_read_as_cuda_reads_them():
     assert visible_devices(" GPU-ab12 , 3") == ["GPU-ab12", 3]
     assert visible_devices("0,nonsense,2") == [0]
     assert visible_devices("") == []
-    assert visible_devices("NoDevFiles") is None
+    assert visible_devices("NoDevFiles") == visible_devices("-1") == [], "no GPU allocated: none, not every GPU"
 
 
 def test_read_samples_skips_garbage_and_a_cut_off_last_line(tmp_path):

@@ -29,6 +29,27 @@ class GpuReport:
     cudnn: str | None = None  # the cuDNN library found, if any
 
 
+def visible_devices(value: str | None) -> list[int | str] | None:
+    """CUDA_VISIBLE_DEVICES as NVML indices and UUIDs; None means every GPU.
+
+    Like CUDA, the list ends at the first entry that is neither: an empty value, -1 or Slurm's
+    NoDevFiles means none.
+    """
+    if value is None:
+        return None
+    if not value.strip():
+        return []
+    devices: list[int | str] = []
+    for token in (t.strip() for t in value.split(",")):
+        if token.isdigit():
+            devices.append(int(token))
+        elif token.upper().startswith(("GPU-", "MIG-")):
+            devices.append(token)
+        else:
+            break
+    return devices
+
+
 def gather_gpu_report() -> GpuReport:
     smi = shutil.which("nvidia-smi")
     names: tuple[str, ...] = ()

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
+from whisper_hpc.devices import visible_devices
 from whisper_hpc.files import read_regular_file
 
 INTERVAL_VARIABLE = "WHISPER_HPC_SAMPLE_SECONDS"
@@ -159,27 +160,6 @@ class GpuReading:
     util_percent: int | None
     memory_used: int | None
     memory_total: int | None
-
-
-def visible_devices(value: str | None) -> list[int | str] | None:
-    """CUDA_VISIBLE_DEVICES as NVML indices and UUIDs; None means every GPU.
-
-    Like CUDA, the list ends at the first entry that is neither; an empty value means none.
-    A value that lists nothing usable (e.g. Slurm's NoDevFiles) means every GPU.
-    """
-    if value is None:
-        return None
-    if not value.strip():
-        return []
-    devices: list[int | str] = []
-    for token in (t.strip() for t in value.split(",")):
-        if token.isdigit():
-            devices.append(int(token))
-        elif token.upper().startswith(("GPU-", "MIG-")):
-            devices.append(token)
-        else:
-            break
-    return devices or None
 
 
 class GpuReader:
