@@ -12,7 +12,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -348,8 +348,9 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     speakers = speaker_source(arguments, request.root, len(jobs), device, request.device_index, threads) \
         if request.speakers else None
 
-    def load():
-        engine = load_engine(backend, model_request, notice)
+    def load(compute_type: str | None = None):
+        engine = load_engine(backend, replace(model_request, compute_type=compute_type or model_request.compute_type),
+                             notice)
         notice(f"{engine.name} {request.model.name} on {engine.device} ({engine.compute_type}, {threads} threads)")
         return engine
 

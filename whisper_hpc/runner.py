@@ -12,6 +12,7 @@ from typing import Callable
 from whisper_hpc import audio, runtime
 from whisper_hpc.diarization.merge import DEFAULT_SPEAKER_NAME, assign_speakers, number_in_transcript_order, within
 from whisper_hpc.engines import DecodeOptions, Engine
+from whisper_hpc.engines.memory import is_out_of_memory, next_retry
 from whisper_hpc.inputs import Job
 from whisper_hpc.progress import Progress
 from whisper_hpc.result_cache import START_SECONDS, ResultCache, hit_transcript
@@ -58,13 +59,14 @@ def is_finished(job: Job, settings: RunSettings) -> bool:
 def run_jobs(
     jobs: list[Job],
     settings: RunSettings,
-    load: Callable[[], Engine],
+    load: Callable[[str | None], Engine],
     options: DecodeOptions,
     errors=None,
     speakers=None,
     cache: ResultCache | None = None,
 ) -> Summary:
-    """Run every job; `load` is called once, and only if at least one file needs transcribing.
+    """Run every job; `load` is called once, and only if at least one file needs transcribing
+    (again, with a lighter compute type, when the GPU runs out of memory even at batch size 1).
 
     With `speakers` (a diarization.source.SpeakerSource), every transcript gets speakers. With
     `cache`, a file whose audio was transcribed with these settings before is written from there.
@@ -82,6 +84,7 @@ def run_jobs(
         return summary
     progress = Progress(len(pending), errors)
     engine: Engine | None = None
+    compute_type: str | None = None  # None: as asked; after an out-of-memory error, a lighter one
     for index, job in enumerate(pending, start=1):
         started = time.monotonic()
         try:
@@ -99,17 +102,28 @@ def run_jobs(
                 progress.file_finished(index, str(job.source), transcripts[-1][1].duration, time.monotonic() - started,
                                        how=f"from the result cache (transcribed {found.hit.created})")
                 continue
-            if engine is None:
-                engine = load()
-            file_speakers = speakers.begin(job.source) if speakers is not None else None
-            transcripts = []
-            samples = audio.SamplesDigest() if found is not None and found.start_sha256 else None
-            for channel in channels:
-                label = None if channel is None else channel_names(info.channels)[channel]
-                if samples is not None:
-                    samples.channel(channel)
-                transcripts.append((label, transcribe_file(engine, info, channel, label, options, settings, progress,
-                                                           file_speakers, samples)))
+            while True:
+                if engine is None:
+                    engine = load(compute_type)
+                samples = audio.SamplesDigest() if found is not None and found.start_sha256 else None
+                try:
+                    transcripts = transcribe_channels(engine, info, channels, options, settings, progress, speakers,
+                                                      samples)
+                    break
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    retry = next_retry(engine.name, engine.compute_type, options)
+                    if retry is None:
+                        raise RuntimeError(f"the GPU ran out of memory even at --batch_size {max(options.batch_size, 1)} "
+                                           f"with {engine.compute_type} ({error}); use a smaller --model, or a GPU "
+                                           "with more memory") from None
+                    print(f"whisper-hpc: {job.source}: the GPU ran out of memory; {retry.notice}", file=errors,
+                          flush=True)
+                    options = retry.options
+                    if retry.compute_type:
+                        compute_type, engine = retry.compute_type, None
+                        runtime.release_freed_memory()
             key = None
             if samples is not None:
                 found.decoded_sha256 = samples.hexdigest()
@@ -127,6 +141,21 @@ def run_jobs(
             summary.failed.append(message)
             print(f"error: {message}", file=errors, flush=True)
     return summary
+
+
+def transcribe_channels(engine: Engine, info: audio.AudioInfo, channels: list[int | None], options: DecodeOptions,
+                        settings: RunSettings, progress: Progress, speakers=None,
+                        samples: audio.SamplesDigest | None = None) -> list[tuple[str | None, Transcript]]:
+    """The file's transcript, or each channel's (labelled) with --split_channels."""
+    file_speakers = speakers.begin(info.path) if speakers is not None else None
+    transcripts = []
+    for channel in channels:
+        label = None if channel is None else channel_names(info.channels)[channel]
+        if samples is not None:
+            samples.channel(channel)
+        transcripts.append((label, transcribe_file(engine, info, channel, label, options, settings, progress,
+                                                   file_speakers, samples)))
+    return transcripts
 
 
 def write_all(job: Job, transcripts: list[tuple[str | None, Transcript]], settings: RunSettings) -> None:
