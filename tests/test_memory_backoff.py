@@ -140,3 +140,37 @@ def test_retries_run_out():
     assert next_retry("openai-whisper", "float16", options) is None
     assert next_retry("openai-whisper", "float32", options).compute_type == "float16"
     assert next_retry("faster-whisper", "bfloat16", options).compute_type == "int8_bfloat16"
+
+
+class Pipeline:
+    """pyannote's SpeakerDiarization as far as the back-off sees it: two batch sizes."""
+
+    def __init__(self, segmentation: int, embedding: int, fits: int) -> None:
+        self.segmentation_batch_size, self.embedding_batch_size, self.fits = segmentation, embedding, fits
+
+    def window(self) -> str:
+        if max(self.segmentation_batch_size, self.embedding_batch_size) > self.fits:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return "turns"
+
+
+def test_diarization_halves_its_batches_until_they_fit():
+    from whisper_hpc.diarization.pipeline import within_gpu_memory
+
+    pipeline, notices = Pipeline(32, 16, fits=8), []
+    assert within_gpu_memory(pipeline, pipeline.window, notices.append) == "turns"
+    assert (pipeline.segmentation_batch_size, pipeline.embedding_batch_size) == (8, 4)
+    assert notices == [
+        "speaker diarization ran out of GPU memory; retrying with segmentation and embedding batches of 16 and 8 "
+        "(were 32 and 16)",
+        "speaker diarization ran out of GPU memory; retrying with segmentation and embedding batches of 8 and 4 "
+        "(were 16 and 8)"]
+    never = Pipeline(2, 1, fits=0)
+    with pytest.raises(RuntimeError, match="even with batches of 1; diarize on a GPU with more memory") as given_up:
+        within_gpu_memory(never, never.window, notices.append)
+    assert not is_out_of_memory(given_up.value), "Whisper's back-off must not retry what diarization gave up on"
+    broken = Pipeline(4, 4, fits=4)
+    broken.window = lambda: (_ for _ in ()).throw(RuntimeError("cuDNN failed"))
+    with pytest.raises(RuntimeError, match="cuDNN failed"):
+        within_gpu_memory(broken, broken.window, notices.append)
+    assert (broken.segmentation_batch_size, broken.embedding_batch_size) == (4, 4)

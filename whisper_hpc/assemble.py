@@ -405,7 +405,7 @@ def speaker_source(arguments, root: Path, job_count: int, device: str, device_in
     def load():
         from whisper_hpc.diarization.pipeline import SpeakerDiarizer
 
-        diarizer = SpeakerDiarizer(directory, device, device_index, threads)
+        diarizer = SpeakerDiarizer(directory, device, device_index, threads, notice)
         notice(f"speaker diarization: pyannote pipeline {directory}")
         return diarizer
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -101,16 +103,46 @@ class WindowResult:
     embeddings: np.ndarray | None  # (chunks, local speakers, dimension); None: nobody speaks
 
 
+def to_stderr(message: str) -> None:
+    print(f"whisper-hpc: {message}", file=sys.stderr, flush=True)
+
+
+def within_gpu_memory(pipeline, work: Callable[[], WindowResult], notice: Callable[[str], None]) -> WindowResult:
+    """`work()`, again with half the segmentation and embedding batches (down to 1) each time the
+    GPU runs out of memory; the smaller batches stay for the rest of the run."""
+    from whisper_hpc.engines.memory import is_out_of_memory
+
+    while True:
+        try:
+            return work()
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+            sizes = (pipeline.segmentation_batch_size, pipeline.embedding_batch_size)
+            if max(sizes) <= 1:
+                # worded so that the runner does not take it for Whisper's own out-of-memory error
+                raise RuntimeError("speaker diarization ran out of GPU memory even with batches of 1; "
+                                   "diarize on a GPU with more memory, or with --device cpu") from None
+            smaller = tuple(max(1, size // 2) for size in sizes)
+            pipeline.segmentation_batch_size, pipeline.embedding_batch_size = smaller
+            notice(f"speaker diarization ran out of GPU memory; retrying with segmentation and embedding "
+                   f"batches of {smaller[0]} and {smaller[1]} (were {sizes[0]} and {sizes[1]})")
+
+
 class FileDiarization:
     """The diarization of one file, fed window by window."""
 
-    def __init__(self, pipeline, uri: str, counts: SpeakerCounts) -> None:
+    def __init__(self, pipeline, uri: str, counts: SpeakerCounts, notice: Callable[[str], None] | None = None) -> None:
         self.pipeline = pipeline
         self.uri = uri
         self.counts = counts
+        self.notice = notice or to_stderr
         self.windows: list[WindowResult] = []
 
     def add(self, offset: float, samples: np.ndarray) -> None:
+        self.windows.append(within_gpu_memory(self.pipeline, lambda: self.window_result(offset, samples), self.notice))
+
+    def window_result(self, offset: float, samples: np.ndarray) -> WindowResult:
         import torch
         from pyannote.audio.utils.signal import binarize
 
@@ -127,7 +159,7 @@ class FileDiarization:
             embeddings = None
             if np.nanmax(count.data) > 0:
                 embeddings = pipeline.get_embeddings(audio, binarized, exclude_overlap=pipeline.embedding_exclude_overlap)
-        self.windows.append(WindowResult(offset, segmentations, binarized, count, embeddings))
+        return WindowResult(offset, segmentations, binarized, count, embeddings)
 
     def finish(self) -> list[SpeakerTurn]:
         """Cluster the whole file's embeddings, then rebuild each window's turns: SPEAKER_00, ..."""
@@ -182,9 +214,11 @@ class FileDiarization:
 class SpeakerDiarizer:
     """One loaded pipeline for a whole run; `start` begins a file."""
 
-    def __init__(self, directory: Path, device: str = "cpu", device_index: int = 0, threads: int = 0) -> None:
+    def __init__(self, directory: Path, device: str = "cpu", device_index: int = 0, threads: int = 0,
+                 notice: Callable[[str], None] | None = None) -> None:
         self.directory = directory
         self.pipeline = load_pipeline(directory, device, device_index, threads)
+        self.notice = notice or to_stderr
 
     def start(self, uri: str, counts: SpeakerCounts) -> FileDiarization:
-        return FileDiarization(self.pipeline, uri, counts)
+        return FileDiarization(self.pipeline, uri, counts, self.notice)
