@@ -302,19 +302,23 @@ def test_run_task_without_its_samples_file_runs_as_before(tmp_path, fake_engine)
     assert record["state"] == "finished" and record["exit_codes"] == [0] and not record["task_error"]
 
 
-def test_a_real_gpu_through_nvml(tmp_path):
-    """Only where the NVIDIA driver and a GPU are: the real NVML gives one row per GPU per sample."""
-    pynvml = pytest.importorskip("pynvml")
+def test_the_real_nvml_gives_gpu_rows_where_there_are_gpus_and_cpu_rows_where_not(tmp_path):
+    """The installed nvidia-ml-py as it is: on a GPU node one row per GPU per sample; here (no driver)
+    it fails to initialise and the sampler goes on with CPU rows."""
+    import pynvml
+
     try:
         pynvml.nvmlInit()
         count = pynvml.nvmlDeviceGetCount()
         pynvml.nvmlShutdown()
-    except pynvml.NVMLError as error:
-        pytest.skip(reason=f"needs a GPU node: no NVIDIA driver here ({error})")
-    if not count:
-        pytest.skip(reason="needs a GPU node: NVML sees no GPU")
+    except pynvml.NVMLError:
+        count = 0
     path = tmp_path / "samples.tsv"
     Sampler(path, os.getpid(), interval=60, environ={}).start().stop()
     samples = read_samples(path)
-    assert [s.gpu for s in samples] == list(range(count)) * 2
-    assert all(s.gpu_memory_total_bytes > 0 and 0 <= s.gpu_util_percent <= 100 for s in samples)
+    if count:
+        assert [s.gpu for s in samples] == list(range(count)) * 2
+        assert all(s.gpu_memory_total_bytes > 0 and 0 <= s.gpu_util_percent <= 100 for s in samples)
+    else:
+        assert len(samples) == 2 and all(s.gpu is None and s.gpu_util_percent is None for s in samples)
+        assert all(s.rss_bytes > 0 for s in samples)
