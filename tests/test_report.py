@@ -23,7 +23,7 @@ from test_batch import batch, submitted  # noqa: F401  (`batch` is a pytest fixt
 from whisper_hpc.batch import slurm
 from whisper_hpc.batch.manifest import Manifest, TaskResult, manifest_path, write_result
 from whisper_hpc.batch.report import data, html as report_html, plots, text
-from whisper_hpc.batch.report.resources import TaskUse, cpu_use, memory_advice, suggested_memory
+from whisper_hpc.batch.report.resources import TaskUse, cpu_use, memory_advice, suggested_memory, task_efficiency
 from whisper_hpc.batch.sampler import HEADER
 from whisper_hpc.batch.report.samples import read_samples_file, samples_from_text
 from whisper_hpc.batch.report.units import GIB, MIB, human_bytes
@@ -79,6 +79,12 @@ def test_sacct_start_and_end():
     assert slurm.parse_timestamp("Unknown") is None and slurm.parse_timestamp("None") is None
 
 
+def efficiency(task: slurm.TaskAccounting) -> float | None:
+    """The report's CPU efficiency of one accounted task (resources.task_efficiency)."""
+    return task_efficiency(TaskUse("t", task.state, cpu_seconds=task.total_cpu_seconds,
+                                   allocated_cpu_seconds=task.allocated_cpu_seconds, cpus=task.alloc_cpus))
+
+
 def test_sacct_steps_fold_into_their_task():
     tasks = {t.task: t for t in slurm.parse_accounting(ARRAY, "77")}
     assert sorted(tasks) == [0, 1, 2, 3], "other jobs and a line cut short are left out"
@@ -87,7 +93,7 @@ def test_sacct_steps_fold_into_their_task():
     assert first.elapsed_seconds == 8 and first.total_cpu_seconds == pytest.approx(1.378)
     assert first.max_rss_bytes == 221380 * 1024, "the largest step's peak"
     assert first.requested_memory_bytes == 700 << 20
-    assert first.cpu_efficiency == pytest.approx(1.378 / 16)
+    assert efficiency(first) == pytest.approx(1.378 / 16)
     assert first.start == datetime(2026, 12, 2, 15, 14, 42).timestamp()
     oom = tasks[1]
     assert oom.state == "OUT_OF_MEMORY" and oom.max_rss_bytes == int(4.01 * (1 << 30))
@@ -95,7 +101,7 @@ def test_sacct_steps_fold_into_their_task():
     for never in (tasks[2], tasks[3]):
         assert never.state == "CANCELLED" and never.start is None and never.nodes == ""
         assert never.requested_memory_bytes == 2 << 30, "1G per CPU, 2 CPUs"
-        assert never.cpu_efficiency is None
+        assert efficiency(never) is None
 
 
 def test_a_job_that_is_not_an_array_is_one_task():

@@ -197,12 +197,6 @@ class TaskAccounting:
     def allocated_cpu_seconds(self) -> float:
         return self.elapsed_seconds * self.alloc_cpus
 
-    @property
-    def cpu_efficiency(self) -> float | None:
-        """TotalCPU / (Elapsed x AllocCPUS), or None when nothing was allocated yet."""
-        allocated = self.allocated_cpu_seconds
-        return self.total_cpu_seconds / allocated if allocated > 0 else None
-
 
 def parse_duration(text: str) -> float | None:
     """sacct's [DD-][HH:]MM:SS[.mmm] (Elapsed, TotalCPU) in seconds; None for "", "Unknown", "INVALID"."""
