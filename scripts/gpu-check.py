@@ -43,10 +43,6 @@ def has_gpu() -> bool:
         return False
 
 
-def ffmpeg(*arguments: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *arguments], check=True)
-
-
 def step(name: str, command: list[str], env: dict | None = None, expect: str | None = None) -> dict:
     """Run one step; it passes when it exits 0 (and its stderr holds `expect`, where given)."""
     started = time.time()
@@ -118,7 +114,7 @@ def main() -> int:
         clips = []
         for index in range(8):
             clip = work / f"clip {index}.wav"
-            ffmpeg("-ss", str(index * 3), "-t", "6", "-i", str(SHARED / "sample.wav"), str(clip))
+            bench_transcribe.ffmpeg("-ss", str(index * 3), "-t", "6", "-i", str(SHARED / "sample.wav"), str(clip))
             clips.append(str(clip))
         out = work / "out"
         whisper = [str(BIN / "whisper-hpc")]
@@ -149,7 +145,7 @@ def main() -> int:
                     break
             image = ROOT / "build" / "images" / "whisper.sif"
             bound = arguments.report / "jfk.wav"  # below the working directory, which the wrapper binds
-            ffmpeg("-i", str(parts[0]), str(bound))
+            bench_transcribe.ffmpeg("-i", str(parts[0]), str(bound))
             steps.append(step("image with --nv through the wrapper",
                               [str(ROOT / "wrapper" / "singularity_wrapper"), "run", str(bound), "--model",
                                arguments.model, "--device", "cuda", "--overwrite", "True", "-o", str(arguments.report)],
