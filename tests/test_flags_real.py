@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
-from test_transcribe import MIT_ENGLISH, LANGUAGE_SWITCH_SECONDS, ffmpeg, load_json
+from test_transcribe import MIT_ENGLISH, LANGUAGE_SWITCH_SECONDS, ffmpeg, load_json, pyannote_sample_reference  # noqa: F401 - a fixture
 from wer import normalise, word_error_rate
+from whisper_hpc.audio import probe
 
 pytestmark = pytest.mark.engine
 BACKENDS = ("faster-whisper", "openai-whisper")
@@ -257,7 +258,7 @@ def test_json_has_openai_whispers_shape(cli, tmp_path, shared_data, openai_whisp
     assert normalise(ours["text"]) == normalise(theirs["text"]) or word_error_rate(theirs["text"], ours["text"]) <= 0.1
 
 
-def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, references):
+def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, references, pyannote_sample_reference):
     """`--batch_size 8` with no other flag works on audio longer than one window, as whisper-ctranslate2 users type it."""
     long_audio = tmp_path / "long.wav"
     listing = tmp_path / "parts.txt"
@@ -271,4 +272,12 @@ def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, refere
     assert "batched inference cuts the audio at silences: turning on --vad_filter" in result.stderr
     transcript = load_json(tmp_path / "long.json")
     assert transcript["duration"] > 150 and transcript["options"]["batch_size"] == 8
-    assert " ".join(normalise(transcript["text"])).count("ask not what your country") == 4
+    # Every part is there (batched decoding loses a little accuracy, and its exact words vary with
+    # the CPU's kernels): the words of all eight within a bound, and each jfk part where it lies.
+    reference = " ".join([references["jfk.flac"], pyannote_sample_reference] * 4)
+    assert word_error_rate(reference, transcript["text"]) <= 0.3
+    part = probe(jfk).duration + probe(shared_data / "sample.wav").duration
+    for start in (i * part for i in range(4)):
+        spoken = " ".join(s["text"] for s in transcript["segments"] if s["start"] < start + 11 and s["end"] > start)
+        assert "country" in normalise(spoken), (start, spoken)
+    assert transcript["segments"][-1]["end"] >= transcript["duration"] - 20
