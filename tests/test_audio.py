@@ -1,4 +1,7 @@
-"""Decoding with ffmpeg (whisper_hpc.audio), on the real recordings in the shared data folder."""
+"""Decoding (whisper_hpc.audio), on the real recordings in the shared data folder.
+
+Every test runs with both decoders: in-process (PyAV, the default) and the ffmpeg processes
+(WHISPER_HPC_DECODER=ffmpeg, also the fallback); the same files give the same answers."""
 
 from __future__ import annotations
 
@@ -24,6 +27,12 @@ def need_ffmpeg() -> None:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("CI must run the audio tests, but ffmpeg/ffprobe are not on PATH")
         pytest.skip(reason="ffmpeg/ffprobe are not on PATH")
+
+
+@pytest.fixture(autouse=True, params=["pyav", "ffmpeg"])
+def decoder(request, monkeypatch) -> str:
+    monkeypatch.setenv(audio.DECODER_VARIABLE, request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -245,9 +254,20 @@ def test_odd_name_in_error_message(data, tmp_path, monkeypatch):
 
 @pytest.mark.system
 def test_missing_ffmpeg_is_an_audio_error(data, tmp_path, monkeypatch):
+    monkeypatch.setenv(audio.DECODER_VARIABLE, "ffmpeg")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(AudioError, match="ffprobe is not installed"):
         probe(data / "jfk.flac")
+
+
+@pytest.mark.system
+def test_without_ffmpeg_the_in_process_decoder_still_reads_audio(data, tmp_path, monkeypatch):
+    monkeypatch.setenv(audio.DECODER_VARIABLE, "pyav")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert len(decode(data / "jfk.flac")) == 11 * SAMPLE_RATE
+    (tmp_path / "notes.wav").write_text("not audio\n" * 20)  # the fallback needs ffmpeg: the present message
+    with pytest.raises(AudioError, match="ffprobe is not installed"):
+        probe(tmp_path / "notes.wav")
 
 
 DEADLOCK_CHILD = textwrap.dedent(
