@@ -33,6 +33,58 @@ def test_target_task_length_between_bounds_and_under_the_cap():
     assert plan.target_task_seconds(10 ** 6, throttle=1, cap=15 * 60) < 15 * 60
 
 
+def test_a_task_with_n_gpus_holds_n_times_the_work_in_the_same_time():
+    for gpus in (2, 4):
+        assert plan.target_task_seconds(60, throttle=20, cap=None, gpus=gpus) == gpus * plan.TARGET_TASK_MIN_SECONDS
+        assert plan.target_task_seconds(10 ** 7, throttle=20, cap=None, gpus=gpus) == gpus * plan.TARGET_TASK_MAX_SECONDS
+        assert plan.target_task_seconds(20 * 900 * gpus, throttle=20, cap=None, gpus=gpus) == 900 * gpus
+        assert plan.target_task_seconds(10 ** 7, throttle=1, cap=15 * 60, gpus=gpus) < 15 * 60 * gpus
+
+
+def test_a_tasks_time_on_several_gpus_is_its_longest_first_share():
+    assert plan.parallel_seconds([5, 4, 3, 3, 1], 1) == 16
+    assert plan.parallel_seconds([5, 4, 3, 3, 1], 2) == 8  # 5+3 | 4+3+1
+    assert plan.parallel_seconds([100, 1, 1], 4) == 100  # one long file is the task's time
+    assert plan.parallel_seconds([], 3) == 0
+    work = sizing.Workload(sizing.MODEL_PARAMETERS_M["base"], gpu=True)
+    durations = [600.0, 300.0, 300.0, None]
+    assert plan.task_seconds(work, durations, gpus=1) == work.task_seconds(durations)
+    on_two = plan.task_seconds(work, durations, gpus=2)
+    assert on_two == pytest.approx(work.load_seconds() + work.file_seconds(600.0) + work.file_seconds(60.0))
+    assert on_two < work.task_seconds(durations)
+    assert plan.task_memory_mb(work, 0.0, gpus=4) == 4 * work.memory_mb()  # a worker process per GPU
+
+
+def test_whisper_batch_sizes_a_task_of_four_gpus_for_four_workers(tmp_path):
+    from whisper_hpc.assemble import Request as TranscriptionRequest
+    from whisper_hpc.batch.schedule import plan_array
+    from whisper_hpc.model_store import StagedModel
+    from whisper_hpc.site import Site, SlurmTable
+
+    names = [f"f{i}.wav" for i in range(2000)]  # ten minutes each: tasks of the longest target, both ways
+    manifest = small_manifest(tmp_path, names)
+    for entry in manifest.entries:
+        entry.duration = 600.0
+    model = tmp_path / "base"
+    model.mkdir()
+    request = TranscriptionRequest(
+        inputs=("x.wav",), output_dir=tmp_path, formats=("txt",), site=Site(slurm=SlurmTable(max_time="UNLIMITED")),
+        root=tmp_path, model=StagedModel("base", model), language="en", backend="faster-whisper", device="cuda",
+        device_index=0, compute_type=None, threads=0, speakers=False, diarize=False, diarization_model=None,
+        split_channels=False, redo=False, clips=None, speaker_name="SPEAKER")
+    one = plan_array(manifest, range(len(names)), request, {"gpus": 1, "throttle": 1})
+    four = plan_array(manifest, range(len(names)), request, {"gpus": 4, "throttle": 1})
+    assert len(one.tasks) > 4 * (len(four.tasks) - 1) and len(four.tasks) > 2
+    assert abs(len(four.tasks[0]) - 4 * len(one.tasks[0])) <= 3  # files per task scale by the GPUs
+    assert max(four.estimates) == pytest.approx(max(one.estimates), rel=0.1)  # the same time, four times the files
+    assert (one.request.gres, four.request.gres) == ("gpu:1", "gpu:4")
+    assert (one.request.cpus, four.request.cpus) == (2, 8)  # a worker's CPUs for each GPU
+    assert sizing.parse_memory(four.request.memory) == 4 * sizing.parse_memory(one.request.memory)
+    listed = dataclasses.replace(request, gpus=(0, 1))  # --device_index 0,1 asks for two GPUs
+    assert plan_array(manifest, range(len(names)), listed, {}).request.gres == "gpu:2"
+    assert plan_array(manifest, range(len(names)), request, {}).request.gres == "gpu:1"
+
+
 # ---- chunks ---------------------------------------------------------------------------------------
 
 

@@ -57,6 +57,8 @@ def test_help_gives_copy_paste_examples_memory_advice_and_where_outputs_go(lmod,
         "whisper-batch submit recordings/",
         "Open OnDemand",
         "Transcripts appear in the current folder: talk.txt, talk.srt",
+        f"sbatch --gres=gpu:4 --cpus-per-task=8 --mem=32G {slurm}/whisper-gpu.sbatch recordings/ --output_dir transcripts/",
+        "SEVERAL GPUS IN ONE JOB (one worker per GPU", "--device_index 0,1", "--gpu_workers N",
     ):
         assert line in text, line
     memory = between(text, "MEMORY (--mem) PER MODEL SIZE", "GOOD TO KNOW")
@@ -198,6 +200,21 @@ def test_help_says_where_results_are_cached_when_the_site_caches_them(tmp_path, 
     assert f"Results are cached in {where}" in result.stderr and "--no_cache" in result.stderr
 
 
+def test_the_multi_gpu_example_keeps_the_sites_gpu_type(tmp_path):
+    prefix, _, _ = install_with(tmp_path, ["tiny.en"])
+    site = tmp_path / "site.toml"
+    site.write_text(site.read_text().replace('gpu_gres = "gpu:1"', 'gpu_gres = "gpu:a100:1"'))
+    from whisper_hpc.install import install
+
+    install(site, prefix, tmp_path / "no-images", venv=Path(sys.prefix), say=lambda line: None)
+    result = run_lmod(prefix, "module help whisper", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"sbatch --gres=gpu:a100:4 --cpus-per-task=8 --mem=32G {prefix}/slurm/whisper-gpu.sbatch recordings/" \
+        in result.stderr
+    script = (prefix / "slurm" / "whisper-gpu.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:a100:4" in script and "#SBATCH --gres=gpu:a100:1\n" in script
+
+
 def json_string(text: str) -> str:
     import json
 
@@ -226,6 +243,10 @@ def test_install_command_lays_out_a_prefix_and_can_run_again(tmp_path, model_roo
         path = prefix / "slurm" / script
         assert os.access(path, os.X_OK)
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    gpu_script = (prefix / "slurm" / "whisper-gpu.sbatch").read_text()
+    assert "one worker per GPU" in gpu_script and "#SBATCH --gres=gpu:4" in gpu_script
+    assert f"sbatch --gres=gpu:4 --cpus-per-task=8 --mem=32G {prefix}/slurm/whisper-gpu.sbatch recordings/" in gpu_script
+    assert [line for line in gpu_script.splitlines() if line.startswith("#SBATCH --gres")] == ["#SBATCH --gres=gpu:1"]
     assert (prefix / "ondemand" / "whisper" / "form.yml").is_file()
     assert not list(prefix.rglob(".*.partial"))
 

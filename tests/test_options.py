@@ -221,6 +221,18 @@ def test_parse_device():
     assert parse_device("auto", 0) == ("auto", 0)
 
 
+def test_parse_device_with_a_gpu_list_and_the_gpus_a_run_names():
+    from whisper_hpc.assemble import chosen_gpus
+
+    assert parse_device("cuda", (2, 3)) == ("cuda", 2)
+    assert chosen_gpus("cuda", parse(["a.wav", "--device_index", "2,3"]).device_index) == (2, 3)
+    assert chosen_gpus("auto", parse(["a.wav"]).device_index) is None
+    with pytest.raises(UsageError, match="0 or more"):
+        chosen_gpus("cuda", parse(["a.wav", "--device_index", "-1"]).device_index)
+    with pytest.raises(UsageError, match="0 or more"):
+        chosen_gpus("cuda", parse(["a.wav", "--device_index", "0,-2"]).device_index)
+
+
 @pytest.mark.parametrize("value", ["gpu", "cuda:x", "cuda:-1", "mps", "cuda:1.5", ""])
 def test_parse_device_rejects_bad_values(value):
     with pytest.raises(UsageError, match="--device"):

@@ -23,7 +23,7 @@ from whisper_hpc.site import Site
 from whisper_hpc.writers import FORMATS, SPEAKER_FORMATS, WriterOptions
 
 if TYPE_CHECKING:
-    from whisper_hpc.engines import DecodeOptions
+    from whisper_hpc.engines import DecodeOptions, ModelRequest
 
 # What batched inference does when no VAD and no clips are asked for (docs/benchmarks.rst):
 # "vad" turns the VAD on; "clips" cuts fixed 30 s clips.
@@ -56,7 +56,8 @@ def temperatures(start: float, increment: float | None) -> tuple[float, ...]:
     return tuple(round(start + i * increment, 4) for i in range(steps + 1))
 
 
-def parse_device(value: str, index: int) -> tuple[str, int]:
+def parse_device(value: str, index: int | tuple[int, ...]) -> tuple[str, int]:
+    """(auto, cpu or cuda; the first GPU number): cuda:N names it, else --device_index (its first)."""
     device, _, suffix = value.strip().lower().partition(":")
     if device not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device {value}: choose auto, cpu, cuda or cuda:N")
@@ -64,7 +65,27 @@ def parse_device(value: str, index: int) -> tuple[str, int]:
         if not suffix.isdigit():
             raise UsageError(f"--device {value}: the GPU number after 'cuda:' must be a whole number")
         index = int(suffix)
-    return device, index
+    return device, int(index[0] if isinstance(index, tuple) else index)
+
+
+def chosen_gpus(value: str, index: int | tuple[int, ...]) -> tuple[int, ...] | None:
+    """The GPUs the command line names: cuda:N, a typed --device_index N or a list 0,1,2,3; None
+    when it names none (the run takes the GPUs the job was given)."""
+    from whisper_hpc.options import ChosenIndex
+
+    _, _, suffix = value.strip().partition(":")
+    if suffix:
+        chosen = (int(suffix),)
+    elif isinstance(index, tuple):
+        chosen = index
+    elif isinstance(index, ChosenIndex):
+        chosen = (int(index),)
+    else:
+        return None
+    if any(number < 0 for number in chosen):
+        shown = ",".join(str(number) for number in chosen)
+        raise UsageError(f"--device_index {shown}: GPU numbers are 0 or more (0 is the job's first GPU)")
+    return tuple(chosen)
 
 
 def writable_directory(path: Path, create: bool = True) -> Path:
@@ -196,6 +217,8 @@ class Request:
     redo: bool  # --overwrite, or --skip_existing False
     clips: tuple[tuple[float, float], ...] | None  # --clip_timestamps; None: the whole file
     speaker_name: str
+    gpus: tuple[int, ...] | None = None  # the GPUs the command line names; None: those the job was given
+    gpu_workers: int | None = None  # --gpu_workers; None: one worker per GPU
 
 
 def check_request(arguments: argparse.Namespace, create_output: bool = True, need_inputs: bool = True) -> Request:
@@ -213,6 +236,9 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
         if (getattr(arguments, flag) or 0) < 0:
             raise UsageError(f"--{flag} must not be negative")
     device, device_index = parse_device(arguments.device, arguments.device_index)
+    gpus = chosen_gpus(arguments.device, arguments.device_index)
+    if arguments.gpu_workers is not None and arguments.gpu_workers < 1:
+        raise UsageError("--gpu_workers must be at least 1")
     inputs = input_names(arguments) if need_inputs else []
     output_dir = writable_directory(Path(arguments.output_dir).expanduser().absolute(), create=create_output)
     site = load_site()
@@ -227,7 +253,7 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
         compute_type=compute_type, threads=max(0, arguments.threads or 0), speakers=speakers,
         diarize=bool(arguments.diarize) and not arguments.diarization_rttm, diarization_model=arguments.diarization_model,
         split_channels=bool(arguments.split_channels), redo=bool(arguments.overwrite or not arguments.skip_existing),
-        clips=clips, speaker_name=speaker_name,
+        clips=clips, speaker_name=speaker_name, gpus=gpus, gpu_workers=arguments.gpu_workers,
     )
 
 
@@ -310,14 +336,74 @@ def writer_options(arguments: argparse.Namespace) -> WriterOptions:
     )
 
 
+@dataclass(frozen=True)
+class EngineLoader:
+    """Loads the run's engine (`loader(compute_type)`); plain data, so a pool worker process gets
+    it whole and loads on its own GPU (`on`)."""
+
+    backend: str
+    model: "ModelRequest"
+    announce: bool = True  # say what was loaded (a pool's worker says it through its parent)
+
+    def __call__(self, compute_type: str | None = None):
+        from whisper_hpc.engines import load_engine
+
+        engine = load_engine(self.backend, replace(self.model, compute_type=compute_type or self.model.compute_type),
+                             notice)
+        if self.announce:
+            notice(f"{engine.name} {self.model.staged.name} on {engine.device} ({engine.compute_type}, "
+                   f"{self.model.threads} threads)")
+        return engine
+
+    def on(self, device: str, device_index: int, threads: int) -> "EngineLoader":
+        return replace(self, model=replace(self.model, device=device, device_index=device_index, threads=threads),
+                       announce=False)
+
+
+@dataclass(frozen=True)
+class DiarizerLoader:
+    """Loads the pyannote pipeline when the first file needs it; plain data, like EngineLoader."""
+
+    directory: Path
+    device: str
+    device_index: int
+    threads: int
+
+    def __call__(self):
+        from whisper_hpc.diarization.pipeline import SpeakerDiarizer
+
+        diarizer = SpeakerDiarizer(self.directory, self.device, self.device_index, self.threads, notice)
+        notice(f"speaker diarization: pyannote pipeline {self.directory}")
+        return diarizer
+
+    def on(self, device: str, device_index: int, threads: int) -> "DiarizerLoader":
+        return replace(self, device=device, device_index=device_index, threads=threads)
+
+
+def run_gpus(request: Request, device: str, backend: str) -> list[int]:
+    """The GPU of each worker (one entry: no pool); the job's GPUs come from CUDA_VISIBLE_DEVICES,
+    else Slurm's list (devices.job_gpus)."""
+    from whisper_hpc import devices
+
+    if device != "cuda":
+        if request.gpu_workers and request.gpu_workers > 1:
+            notice(f"--gpu_workers {request.gpu_workers} ignored: the run is on the CPU")
+        return [request.device_index]
+    given = None if request.gpus else devices.job_gpus(engine_sees=lambda: devices.engine_cuda_status(backend)[1])
+    return devices.worker_gpus(request.gpus, request.gpu_workers, given)
+
+
 def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
-    """The run, ready to start: checked, with threads pinned and the run directory made."""
+    """The run, ready to start: checked, with threads pinned and the run directory made.
+
+    On CUDA with several GPUs (or --gpu_workers N), a pool of worker processes (whisper_hpc.pool)
+    shares the files out; else the files run here, one after the other (whisper_hpc.runner)."""
     threads = arguments.threads if (arguments.threads or 0) > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
     runtime.start_run()
 
     from whisper_hpc.devices import resolve_device
-    from whisper_hpc.engines import ModelRequest, load_engine
+    from whisper_hpc.engines import ModelRequest
     from whisper_hpc.inputs import collect_jobs
     from whisper_hpc.runner import RunSettings, run_jobs
 
@@ -331,6 +417,7 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     if not arguments.local_files_only:
         notice("--local_files_only False ignored: whisper-hpc never downloads; models come from the model root")
     device = resolve_device(request.device, backend)
+    gpus = run_gpus(request, device, backend)
     options = decode_options(arguments, request)
     settings = RunSettings(
         formats=request.formats,
@@ -344,17 +431,15 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
         layout=writer_options(arguments),
         speaker_name=request.speaker_name,
     )
-    model_request = ModelRequest(request.model, device, request.compute_type, threads, request.device_index)
-    speakers = speaker_source(arguments, request.root, len(jobs), device, request.device_index, threads) \
+    load = EngineLoader(backend, ModelRequest(request.model, device, request.compute_type, threads, gpus[0]))
+    speakers = speaker_source(arguments, request.root, len(jobs), device, gpus[0], threads) \
         if request.speakers else None
 
-    def load(compute_type: str | None = None):
-        engine = load_engine(backend, replace(model_request, compute_type=compute_type or model_request.compute_type),
-                             notice)
-        notice(f"{engine.name} {request.model.name} on {engine.device} ({engine.compute_type}, {threads} threads)")
-        return engine
-
     cache = None if arguments.no_cache else result_cache(request, backend, device, options, settings, speakers)
+    if len(gpus) > 1:
+        from whisper_hpc.pool import run_pool
+
+        return lambda: run_pool(jobs, settings, load, options, gpus, threads, speakers=speakers, cache=cache)
     return lambda: run_jobs(jobs, settings, load, options, speakers=speakers, cache=cache)
 
 
@@ -402,11 +487,4 @@ def speaker_source(arguments, root: Path, job_count: int, device: str, device_in
     directory = resolve_pipeline(arguments.diarization_model, root)
     check_pipeline(directory)
 
-    def load():
-        from whisper_hpc.diarization.pipeline import SpeakerDiarizer
-
-        diarizer = SpeakerDiarizer(directory, device, device_index, threads, notice)
-        notice(f"speaker diarization: pyannote pipeline {directory}")
-        return diarizer
-
-    return PipelineSpeakers(load, directory, counts)
+    return PipelineSpeakers(DiarizerLoader(directory, device, device_index, threads), directory, counts)

@@ -1,4 +1,5 @@
-"""Which device to run on, and, when CUDA is asked for but unusable, exactly why."""
+"""Which device to run on, and, when CUDA is asked for but unusable, exactly why; which GPUs a
+job was given, and how its workers and CPU threads are shared among them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
 
 from whisper_hpc.errors import WhisperHpcError
 
@@ -48,6 +50,80 @@ def visible_devices(value: str | None) -> list[int | str] | None:
         else:
             break
     return devices
+
+
+# Where Slurm lists a job's GPUs when CUDA_VISIBLE_DEVICES is not set (the step's list first).
+SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+
+
+def slurm_gpus(environ: Mapping[str, str] = os.environ) -> list[int] | None:
+    """The GPU numbers Slurm gave the step (SLURM_STEP_GPUS) or the job (SLURM_JOB_GPUS): "0,1",
+    "2,3" or "0-3"; None when neither is set. Like visible_devices, the list ends at the first
+    entry that is no number (Slurm's NoDevFiles, an empty value: none)."""
+    for name in SLURM_GPU_VARIABLES:
+        value = environ.get(name)
+        if value is None:
+            continue
+        numbers: list[int] = []
+        for token in (t.strip() for t in value.split(",")):
+            first, dash, last = token.partition("-")
+            if token.isdigit():
+                numbers.append(int(token))
+            elif dash and first.isdigit() and last.isdigit() and int(first) <= int(last):
+                numbers.extend(range(int(first), int(last) + 1))
+            else:
+                break
+        return numbers
+    return None
+
+
+def job_gpus(environ: Mapping[str, str] = os.environ,
+             engine_sees: Callable[[], int] | None = None) -> list[int] | None:
+    """The GPUs this job was given, as the engine numbers them (its device_index); None when
+    nothing says (no CUDA_VISIBLE_DEVICES, no Slurm GPU list).
+
+    CUDA_VISIBLE_DEVICES=3,5 makes CUDA number them 0 and 1. Slurm's own list, where
+    CUDA_VISIBLE_DEVICES is unset, holds the node's GPU numbers: they are CUDA's too on a node
+    whose GPUs are all visible, while a node that hides the others (cgroup devices) numbers the
+    job's from 0; `engine_sees` (how many GPUs the engine sees, asked only here) tells the two apart.
+    """
+    visible = visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        return list(range(len(visible)))
+    listed = slurm_gpus(environ)
+    if listed is None:
+        return None
+    if not listed:
+        return []
+    seen = engine_sees() if engine_sees is not None else None
+    if seen is None or (seen > max(listed) and seen != len(listed)):
+        return listed
+    return list(range(min(len(listed), seen) if seen else len(listed)))
+
+
+def worker_gpus(chosen: Sequence[int] | None, workers: int | None, given: Sequence[int] | None) -> list[int]:
+    """The GPU (device_index) of each worker: one worker per GPU of `chosen` (--device_index 0,1 or
+    cuda:N), else of the job's GPUs (`given`, from job_gpus), else GPU 0; `workers` (--gpu_workers)
+    forces their number: fewer take the first GPUs, more share the GPUs round-robin."""
+    gpus = list(chosen or given or [0])
+    count = workers if workers and workers > 0 else len(gpus)
+    return [gpus[i % len(gpus)] for i in range(count)]
+
+
+def only_gpu(index: int, environ: Mapping[str, str] = os.environ) -> str:
+    """The CUDA_VISIBLE_DEVICES that leaves a worker process GPU `index` (as this process numbers
+    it) and no other: its entry of CUDA_VISIBLE_DEVICES (a number or a GPU-/MIG- UUID) where
+    that is set, else the number itself. The worker then uses device_index 0, whatever its engine
+    (openai-whisper always takes the first GPU), and makes no CUDA context on another GPU."""
+    visible = visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None and 0 <= index < len(visible):
+        return str(visible[index])
+    return str(index)
+
+
+def worker_threads(threads: int, workers: int) -> int:
+    """Each worker's CPU threads: the run's `threads` divided among its workers, at least one."""
+    return max(1, threads // max(1, workers))
 
 
 def gather_gpu_report() -> GpuReport:

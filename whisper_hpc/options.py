@@ -32,6 +32,7 @@ examples:
   whisper-hpc meeting.wav --diarize --max_speakers 4 # who spoke when (module whisper-diarization)
   whisper-hpc lecture.mp4 --hotwords "Slurm, Lmod" -f srt --max_line_width 42 --max_line_count 2
   whisper-hpc long.wav --batched True               # faster on long files (turns on the VAD)
+  whisper-hpc recordings/ --device cuda             # in a job with 4 GPUs: one worker per GPU
   whisper-hpc doctor                                # devices, threads, staged models, offline check
 
 Models are read from $WHISPER_MODELS (or the site configuration); nothing is ever downloaded.
@@ -62,6 +63,23 @@ def optional_float(value: str) -> float | None:
 
 def optional_int(value: str) -> int | None:
     return None if str(value).strip().lower() == "none" else int(value)
+
+
+class ChosenIndex(int):
+    """A --device_index typed on the command line. The default, a plain 0, means every GPU the job
+    was given (one worker each); a typed number pins that one GPU, as the peers read it."""
+
+
+def device_indices(value: str) -> int | tuple[int, ...]:
+    """--device_index: one GPU number, as whisper-ctranslate2 reads it, or a comma list (0,1,2,3)
+    as faster-whisper takes it: one worker per listed GPU."""
+    parts = [part.strip() for part in str(value).split(",")]
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a GPU number or a comma list of them (0,1,2,3), got '{value}'") \
+            from None
+    return ChosenIndex(numbers[0]) if len(numbers) == 1 else tuple(numbers)
 
 
 # Flags the peers define that whisper-hpc refuses, each with the reason its error gives.
@@ -158,7 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accepted for compatibility: whisper-hpc only ever uses local files")
     model.add_argument("--backend", choices=BACKENDS, default="faster-whisper", help="the engine (default: faster-whisper)")
     model.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto: CUDA only if usable)")
-    model.add_argument("--device_index", type=int, default=0, help="which GPU, for --device cuda")
+    model.add_argument("--device_index", type=device_indices, default=0, metavar="N[,N...]",
+                       help="which GPU, for --device cuda; a list (0,1,2,3) runs one worker per GPU "
+                            "(default: every GPU the job was given, one worker each)")
+    model.add_argument("--gpu_workers", type=optional_int, default=None, metavar="N",
+                       help="worker processes on the GPUs, each with its own model (default: one per GPU; "
+                            "more than the GPUs share them in turn; 1: a single process)")
     model.add_argument("--compute_type", choices=COMPUTE_TYPES, default="auto",
                        help="auto: int8 on CPU, float16 on CUDA (faster-whisper); float32 on CPU (openai-whisper)")
     model.add_argument("--fp16", type=str2bool, default=None, metavar="BOOL",

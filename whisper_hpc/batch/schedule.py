@@ -63,15 +63,20 @@ def workload(manifest: Manifest, request: TranscriptionRequest, settings: dict) 
 
 
 def gpus_wanted(request: TranscriptionRequest, settings: dict) -> int:
+    """--gpus N, else on --device cuda the GPUs --device_index lists (0,1,2,3: four), else one."""
     if "gpus" in settings:
         return settings["gpus"]
-    return 1 if request.device == "cuda" else 0
+    if request.device != "cuda":
+        return 0
+    listed = getattr(request, "gpus", None)
+    return len(listed) if listed and len(listed) > 1 else 1
 
 
 def cpus_wanted(request: TranscriptionRequest, settings: dict) -> int:
+    """--cpus N, else --threads, else DEFAULT_CPUS for each GPU's worker (at least DEFAULT_CPUS)."""
     if "cpus" in settings:
         return settings["cpus"]
-    return request.threads or DEFAULT_CPUS
+    return request.threads or DEFAULT_CPUS * max(1, gpus_wanted(request, settings))
 
 
 def gres(site_gres: str, gpus: int) -> str:
@@ -99,8 +104,9 @@ def plan_array(manifest: Manifest, indices: Sequence[int], request: Transcriptio
     work = workload(manifest, request, settings)
     cap = sizing.parse_time(site.slurm.max_time)
     throttle = settings.get("throttle") or site.slurm.array_throttle
+    gpus = gpus_wanted(request, settings)
     seconds = {i: work.file_seconds(manifest.entries[i].duration) for i in indices}
-    target = plan.target_task_seconds(sum(seconds.values()), throttle, cap)
+    target = plan.target_task_seconds(sum(seconds.values()), throttle, cap, gpus)
     grouped = groups(manifest.entries, indices)
     tasks = plan.make_chunks(grouped, seconds, target, settings.get("chunk_size"))
     while len(tasks) > MAX_ARRAY_TASKS:  # Slurm's default MaxArraySize is 1001
@@ -111,7 +117,8 @@ def plan_array(manifest: Manifest, indices: Sequence[int], request: Transcriptio
         tasks = plan.make_chunks(grouped, seconds, target)
     longest = max((manifest.entries[i].duration or sizing.UNKNOWN_DURATION_SECONDS for i in indices), default=0.0)
     estimates = [
-        work.task_seconds([manifest.entries[i].duration for i in chunk], loads=len(invocations(manifest.entries, chunk)))
+        plan.task_seconds(work, [manifest.entries[i].duration for i in chunk],
+                          loads=len(invocations(manifest.entries, chunk)), gpus=gpus)
         for chunk in tasks
     ]
     limit = sizing.parse_time(settings["time"]) if "time" in settings else sizing.time_limit_seconds(max(estimates), cap)
@@ -121,12 +128,12 @@ def plan_array(manifest: Manifest, indices: Sequence[int], request: Transcriptio
     request = slurm.ArrayRequest(
         tasks=len(tasks),
         throttle=throttle,
-        memory=settings.get("mem") or sizing.format_memory(work.memory_mb(longest)),
+        memory=settings.get("mem") or sizing.format_memory(plan.task_memory_mb(work, longest, gpus)),
         time=sizing.format_time(limit),
         cpus=cpus_wanted(request, settings),
         partition=settings.get("partition", site.slurm.partition),
         account=settings.get("account", site.slurm.account),
-        gres=gres(site.slurm.gpu_gres, gpus_wanted(request, settings)),
+        gres=gres(site.slurm.gpu_gres, gpus),
         mail_user=settings.get("mail_user", ""),
         mail_type=settings.get("mail_type", ""),
     )
