@@ -261,7 +261,7 @@ def test_each_worker_sees_its_gpu_alone():
 def request_like(**fields):
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{"gpus": None, "gpu_workers": None, "device_index": 0, **fields})
+    return SimpleNamespace(**{"gpus": None, "gpu_workers": None, "cpu_workers": None, "device_index": 0, **fields})
 
 
 @pytest.mark.parametrize("environ, fields, expected", [
@@ -331,14 +331,19 @@ def partials(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def one_worker(clips, model_root, tmp_path_factory) -> dict[str, object]:
-    """The reference: the same clips in one process (one CPU thread, as each pool worker below)."""
+    """The reference: the same clips on one worker process of one CPU thread, as each pool worker
+    below (a process of its own: OpenMP takes its thread count once, as the engine is imported)."""
     out = tmp_path_factory.mktemp("one") / "out"
-    errors = io.StringIO()
-    summary = run_jobs(collect_jobs([str(c) for c in clips], out), settings(),
-                       EngineLoader("faster-whisper", ModelRequest(StagedModel("tiny.en", model_root / "tiny.en"),
-                                                                   "cpu", None, 1, 0)),
-                       OPTIONS, errors=errors)
-    assert summary.done == len(clips), errors.getvalue()
+    saved = os.environ.get(FAKE_GPUS_VARIABLE)
+    os.environ[FAKE_GPUS_VARIABLE] = "1"
+    try:
+        _, summary, text = run_pool(clips, out, model_root, [0], threads=1)
+    finally:
+        if saved is None:
+            os.environ.pop(FAKE_GPUS_VARIABLE)
+        else:
+            os.environ[FAKE_GPUS_VARIABLE] = saved
+    assert summary.done == len(clips), text
     return outputs(out)
 
 
@@ -551,3 +556,43 @@ def test_ctrl_c_or_sigterm_stops_every_worker(clips, model_root, home, tmp_path,
     finished = {p.stem for p in out.glob("*.json")}
     for path in out.iterdir():  # what was written is whole: every format of each finished file
         assert path.name.rsplit(".", 1)[0] in finished, path
+
+
+# ---- workers on the CPU (--cpu_workers) -------------------------------------------------------------
+
+def whisper_on_cpu(model_root, home, tmp_path, *arguments):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    environment = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
+                   "WHISPER_MODELS": str(model_root)}
+    return subprocess.run([str(BIN / "whisper-hpc"), *arguments], env=environment, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.engine
+def test_cpu_workers_share_the_files_and_threads_and_write_what_one_process_writes(clips, model_root, home, tmp_path):
+    # No temperature fallback: its sampling draws differ from process to process.
+    names = [str(c) for c in clips[:4]] + ["--temperature_increment_on_fallback", "None"]
+    alone = whisper_on_cpu(model_root, home, tmp_path, *names, "--model", "tiny.en", "--device", "cpu", "--threads", "1",
+                           "-o", str(tmp_path / "alone"), "-f", "txt,srt")
+    assert alone.returncode == 0, alone.stderr
+    assert "workers on" not in alone.stderr
+    shared = whisper_on_cpu(model_root, home, tmp_path, *names, "--model", "tiny.en", "--device", "cpu", "--threads", "2",
+                            "--cpu_workers", "2", "-o", str(tmp_path / "shared"), "-f", "txt,srt")
+    assert shared.returncode == 0, shared.stderr
+    assert "2 workers on the CPU, 1 CPU thread each; 4 files, longest first" in shared.stderr
+    assert sorted(re.findall(r"worker (\d): faster-whisper tiny\.en on cpu \(int8, 1 threads\)", shared.stderr)) == ["1", "2"]
+    assert "4 done, 0 skipped, 0 failed" in shared.stderr and sorted(done_names(shared.stderr)) == sorted(
+        c.name for c in clips[:4])
+    assert outputs(tmp_path / "shared") == outputs(tmp_path / "alone")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.engine
+def test_one_file_never_starts_cpu_workers_and_a_bad_count_is_refused(clips, model_root, home, tmp_path):
+    one = whisper_on_cpu(model_root, home, tmp_path, str(clips[0]), "--model", "tiny.en", "--device", "cpu",
+                         "--threads", "2", "--cpu_workers", "2", "-o", str(tmp_path / "out"), "-f", "txt")
+    assert one.returncode == 0, one.stderr
+    assert "workers on" not in one.stderr and "(int8, 2 threads)" in one.stderr  # the file keeps every thread
+    refused = whisper_on_cpu(model_root, home, tmp_path, str(clips[0]), "--model", "tiny.en", "--cpu_workers", "0")
+    assert refused.returncode == 2 and "--cpu_workers must be at least 1" in refused.stderr, refused.stderr

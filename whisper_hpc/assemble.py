@@ -219,6 +219,7 @@ class Request:
     speaker_name: str
     gpus: tuple[int, ...] | None = None  # the GPUs the command line names; None: those the job was given
     gpu_workers: int | None = None  # --gpu_workers; None: one worker per GPU
+    cpu_workers: int | None = None  # --cpu_workers; None: one process
 
 
 def check_request(arguments: argparse.Namespace, create_output: bool = True, need_inputs: bool = True) -> Request:
@@ -237,8 +238,9 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
             raise UsageError(f"--{flag} must not be negative")
     device, device_index = parse_device(arguments.device, arguments.device_index)
     gpus = chosen_gpus(arguments.device, arguments.device_index)
-    if arguments.gpu_workers is not None and arguments.gpu_workers < 1:
-        raise UsageError("--gpu_workers must be at least 1")
+    for flag in ("gpu_workers", "cpu_workers"):
+        if getattr(arguments, flag) is not None and getattr(arguments, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1")
     inputs = input_names(arguments) if need_inputs else []
     output_dir = writable_directory(Path(arguments.output_dir).expanduser().absolute(), create=create_output)
     site = load_site()
@@ -254,6 +256,7 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
         diarize=bool(arguments.diarize) and not arguments.diarization_rttm, diarization_model=arguments.diarization_model,
         split_channels=bool(arguments.split_channels), redo=bool(arguments.overwrite or not arguments.skip_existing),
         clips=clips, speaker_name=speaker_name, gpus=gpus, gpu_workers=arguments.gpu_workers,
+        cpu_workers=arguments.cpu_workers,
     )
 
 
@@ -382,13 +385,15 @@ class DiarizerLoader:
 
 def run_gpus(request: Request, device: str, backend: str) -> list[int]:
     """The GPU of each worker (one entry: no pool); the job's GPUs come from CUDA_VISIBLE_DEVICES,
-    else Slurm's list (devices.job_gpus)."""
+    else Slurm's list (devices.job_gpus). On the CPU, --cpu_workers entries (one by default)."""
     from whisper_hpc import devices
 
     if device != "cuda":
         if request.gpu_workers and request.gpu_workers > 1:
             notice(f"--gpu_workers {request.gpu_workers} ignored: the run is on the CPU")
-        return [request.device_index]
+        return [request.device_index] * (request.cpu_workers or 1)
+    if request.cpu_workers and request.cpu_workers > 1:
+        notice(f"--cpu_workers {request.cpu_workers} ignored: the run is on CUDA (--gpu_workers sets its workers)")
     given = None if request.gpus else devices.job_gpus(engine_sees=lambda: devices.engine_cuda_status(backend)[1])
     return devices.worker_gpus(request.gpus, request.gpu_workers, given)
 
@@ -396,8 +401,9 @@ def run_gpus(request: Request, device: str, backend: str) -> list[int]:
 def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     """The run, ready to start: checked, with threads pinned and the run directory made.
 
-    On CUDA with several GPUs (or --gpu_workers N), a pool of worker processes (whisper_hpc.pool)
-    shares the files out; else the files run here, one after the other (whisper_hpc.runner)."""
+    On CUDA with several GPUs (or --gpu_workers N), or on the CPU with --cpu_workers N, a pool of
+    worker processes (whisper_hpc.pool) shares the files out; else the files run here, one after
+    the other (whisper_hpc.runner)."""
     threads = arguments.threads if (arguments.threads or 0) > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
     runtime.start_run()
@@ -418,6 +424,8 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
         notice("--local_files_only False ignored: whisper-hpc never downloads; models come from the model root")
     device = resolve_device(request.device, backend)
     gpus = run_gpus(request, device, backend)
+    if device != "cuda":
+        gpus = gpus[:max(1, len(jobs))]  # a CPU worker per file at most: each takes a share of the threads
     options = decode_options(arguments, request)
     settings = RunSettings(
         formats=request.formats,
@@ -439,7 +447,8 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     if len(gpus) > 1:
         from whisper_hpc.pool import run_pool
 
-        return lambda: run_pool(jobs, settings, load, options, gpus, threads, speakers=speakers, cache=cache)
+        return lambda: run_pool(jobs, settings, load, options, gpus, threads, speakers=speakers, cache=cache,
+                                device=device)
     return lambda: run_jobs(jobs, settings, load, options, speakers=speakers, cache=cache)
 
 

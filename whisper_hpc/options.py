@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--gpu_workers", type=optional_int, default=None, metavar="N",
                        help="worker processes on the GPUs, each with its own model (default: one per GPU; "
                             "more than the GPUs share them in turn; 1: a single process)")
+    model.add_argument("--cpu_workers", type=optional_int, default=None, metavar="N",
+                       help="on the CPU: worker processes, each with its own model and --threads divided among "
+                            "them (default 1; 2 workers of 1 thread beat 1 of 2 on many short files)")
     model.add_argument("--compute_type", choices=COMPUTE_TYPES, default="auto",
                        help="auto: int8 on CPU, float16 on CUDA (faster-whisper); float32 on CPU (openai-whisper)")
     model.add_argument("--fp16", type=str2bool, default=None, metavar="BOOL",

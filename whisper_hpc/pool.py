@@ -4,7 +4,8 @@ whisper-hpc runs a pool when the run is on CUDA and has more than one worker: th
 --device_index 0,1,2,3, else those the job was given (CUDA_VISIBLE_DEVICES, else Slurm's
 SLURM_STEP_GPUS / SLURM_JOB_GPUS), one worker each, or --gpu_workers N of them (more workers
 than GPUs share the GPUs in turn). One GPU, or the CPU: no pool, the files run in the process
-itself (whisper_hpc.runner), with nothing spawned.
+itself (whisper_hpc.runner), with nothing spawned; unless --cpu_workers N asks for N workers on
+the CPU, the threads divided among them (faster on many short files: docs/benchmarks.rst).
 
 - The queue. The parent probes every pending file (audio.probe; a file that cannot be probed
   is guessed from its size) and queues them longest first. The queue is the parent's: a worker
@@ -122,6 +123,7 @@ class WorkerPayload:
     options: object  # DecodeOptions
     speakers: object = None
     cache: object = None
+    device: str = "cuda"  # "cpu": --cpu_workers, every worker on the CPU
 
 
 def longest_first(jobs: list[Job]) -> list[Task]:
@@ -163,11 +165,13 @@ class Worker:
         self.gpu = gpu
         task_reader, self.tasks = context.Pipe(duplex=False)
         self.results, result_writer = context.Pipe(duplex=False)
-        self.visible = devices.only_gpu(gpu)
+        self.on_cpu = payload.device == "cpu"
+        self.visible = "" if self.on_cpu else devices.only_gpu(gpu)
         self.process = context.Process(target=worker_main, name=f"whisper-hpc-gpu{gpu}-worker{number}",
                                        args=(number, gpu, self.visible, threads, payload, task_reader, result_writer),
                                        daemon=True)
-        self.process.start()
+        with runtime.threads_for_children(threads):  # read by OpenMP as the worker imports its engine
+            self.process.start()
         task_reader.close()
         result_writer.close()
         self.held: list[Task] = []
@@ -177,7 +181,10 @@ class Worker:
         self.alive = True
 
     def name(self) -> str:
-        return f"worker {self.number} (GPU {self.gpu})"
+        return f"worker {self.number} ({self.where()})"
+
+    def where(self) -> str:
+        return "CPU" if self.on_cpu else f"GPU {self.gpu}"
 
     def give(self, task: Task) -> bool:
         try:
@@ -205,10 +212,10 @@ class Worker:
 
 class GpuPool:
     def __init__(self, jobs: list[Job], settings: RunSettings, load: Callable, options, gpus: list[int], threads: int,
-                 errors=None, speakers=None, cache=None) -> None:
+                 errors=None, speakers=None, cache=None, device: str = "cuda") -> None:
         self.jobs = jobs
         self.settings = settings
-        self.payload = WorkerPayload(settings, load, options, speakers, cache)
+        self.payload = WorkerPayload(settings, load, options, speakers, cache, device)
         self.gpus = list(gpus)
         self.threads = devices.worker_threads(threads, len(self.gpus))
         self.errors = errors or sys.stderr
@@ -231,7 +238,8 @@ class GpuPool:
             return self.summary
         self.total = len(pending)
         self.progress = Progress(self.total, self.errors)
-        notice(f"{len(self.gpus)} workers on GPU {','.join(str(g) for g in self.gpus)}, {self.threads} CPU "
+        where = "the CPU" if self.payload.device == "cpu" else f"GPU {','.join(str(g) for g in self.gpus)}"
+        notice(f"{len(self.gpus)} workers on {where}, {self.threads} CPU "
                f"thread{'s' if self.threads != 1 else ''} each; {self.total} files, longest first", self.errors)
         try:
             for gpu in self.gpus:
@@ -316,8 +324,9 @@ class GpuPool:
             worker.ready = True
         elif kind == "loaded":
             _, engine, model, device, compute_type, threads, visible = message
-            notice(f"GPU {worker.gpu} (worker {worker.number}, CUDA_VISIBLE_DEVICES={visible}): {engine} {model} on "
-                   f"{device} ({compute_type}, {threads} threads)", self.errors)
+            shown = f"worker {worker.number}" if worker.on_cpu else \
+                f"GPU {worker.gpu} (worker {worker.number}, CUDA_VISIBLE_DEVICES={visible})"
+            notice(f"{shown}: {engine} {model} on {device} ({compute_type}, {threads} threads)", self.errors)
         elif kind == "within":
             _, name, position, duration, elapsed = message
             self.progress.within_file(name, position, duration, time.monotonic() - elapsed)
@@ -423,10 +432,11 @@ class GpuPool:
 
 
 def run_pool(jobs: list[Job], settings: RunSettings, load: Callable, options, gpus: list[int], threads: int,
-             errors=None, speakers=None, cache=None) -> Summary:
+             errors=None, speakers=None, cache=None, device: str = "cuda") -> Summary:
     """Every job, on one worker process per entry of `gpus` (its device_index), `threads` CPU
-    threads shared among them: the single process's run_jobs, spread over the GPUs."""
-    return GpuPool(jobs, settings, load, options, gpus, threads, errors, speakers, cache).run()
+    threads shared among them: the single process's run_jobs, spread over the GPUs (on `device`
+    "cpu", over as many workers on the CPU)."""
+    return GpuPool(jobs, settings, load, options, gpus, threads, errors, speakers, cache, device).run()
 
 
 # ---- a worker -------------------------------------------------------------------------------------
@@ -534,8 +544,10 @@ def worker_main(number: int, gpu: int, visible: str, threads: int, payload: Work
     code = 0
     try:
         fake = os.environ.get(FAKE_GPUS_VARIABLE, "") == "1"
-        device = "cpu" if fake else "cuda"  # faked: the CPU, yet named as the GPU
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before an engine is imported, as the threads
+        on_cpu = payload.device == "cpu"
+        device = "cpu" if fake or on_cpu else "cuda"  # faked: the CPU, yet named as the GPU
+        if not on_cpu:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before an engine is imported, as the threads
         runtime.pin_threads(threads)
         index = 0
         load = on_device(payload.load, device, index, threads)

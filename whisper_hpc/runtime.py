@@ -7,7 +7,9 @@ import os
 import shutil
 import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 OFFLINE_VARIABLES = {
     "HF_HUB_OFFLINE": "1",
@@ -74,6 +76,22 @@ def pin_threads(threads: int, environ: dict[str, str] | None = None) -> None:
     # OpenMP threads sleep instead of spinning while they wait: with another job on the node, both
     # engines ran 1.5x to 2x faster, and no slower on an idle one (docs/benchmarks.rst).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@contextmanager
+def threads_for_children(threads: int) -> Iterator[None]:
+    """pin_threads for the processes started inside (they inherit the environment), then as before:
+    a spawned child's OpenMP reads its thread count once, while it imports, before its code runs."""
+    saved = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "OMP_WAIT_POLICY")}
+    pin_threads(threads)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class RunDirectory:
