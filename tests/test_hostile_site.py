@@ -389,7 +389,8 @@ def test_lmod_help_and_whatis_show_the_hostile_text_literally(installed, module,
 def help_commands(help_text: str) -> list[str]:
     """The copy-paste command lines of the help (each on one line)."""
     return [line.strip() for line in help_text.splitlines()
-            if line.startswith(("    srun ", "    sbatch ", "    whisper-batch submit "))]
+            if line.startswith(("    srun ", "    sbatch ", "    whisper-batch submit ", "    singularity_wrapper exec ",
+                                "    WHISPER_MODELS="))]
 
 
 def test_the_help_commands_pasted_into_a_shell_pass_the_hostile_paths_whole(installed, lmod_installed):
@@ -397,7 +398,7 @@ def test_the_help_commands_pasted_into_a_shell_pass_the_hostile_paths_whole(inst
     record.unlink(missing_ok=True)
     help_text = installed.bash(f"module help whisper/{VERSION}").stderr
     commands = help_commands(help_text)
-    assert len(commands) == 6, commands
+    assert len(commands) == 11, commands
     (installed.work / "files.txt").write_text("a.wav\nb.wav\nc.wav\n")
     script = f"module load whisper/{VERSION} 2>/dev/null\nPATH=\"$STUBS:$PATH\"\n" + "\n".join(commands) + "\n"
     result = installed.bash(script, STUBS=str(installed.stubs), RECORD=str(record))
@@ -413,9 +414,20 @@ def test_the_help_commands_pasted_into_a_shell_pass_the_hostile_paths_whole(inst
         ["singularity_wrapper", "run", "talk.wav", "--model_directory", gpu, "--device", "cuda"],
         ["sbatch", str(slurm / "whisper-cpu.sbatch"), "talk.wav", "--language", "en"],
         ["sbatch", str(slurm / "whisper-gpu.sbatch"), "talk.wav"],
+        ["sbatch", "--gres=gpu:4", "--cpus-per-task=8", "--mem=32G", str(slurm / "whisper-gpu.sbatch"), "recordings/",
+         "--output_dir", "transcripts/"],
         ["whisper-batch", "submit", "recordings/", "--model", CPU_MODEL, "--output_dir", "transcripts/"],
         ["sbatch", "--array=1-3%4", str(slurm / "whisper-array.sbatch"), "files.txt"],
+        ["singularity_wrapper", "exec", "whisper-finetune", "prepare", "data.tsv", "--model", CPU_MODEL, "--output",
+         "my-run"],
+        ["sbatch", str(slurm / "whisper-finetune.sbatch"), "my-run", "--method", "lora", "--max_steps", "1000",
+         "--save_every", "100"],
+        ["singularity_wrapper", "exec", "whisper-finetune", "export", "my-run", "--name", "my-model", "--root",
+         "my-models"],
+        ["singularity_wrapper", "run", "talk.wav", "--model", "my-model"],
     ]
+    environments = [call for call in recorded(record) if call[0] == "environment"]
+    assert environments[-1][2] == str(installed.work / "my-models")  # the run's own model root
     installed.no_sentinel()
 
 

@@ -59,6 +59,12 @@ def test_help_gives_copy_paste_examples_memory_advice_and_where_outputs_go(lmod,
         "Transcripts appear in the current folder: talk.txt, talk.srt",
         f"sbatch --gres=gpu:4 --cpus-per-task=8 --mem=32G {slurm}/whisper-gpu.sbatch recordings/ --output_dir transcripts/",
         "SEVERAL GPUS IN ONE JOB (one worker per GPU", "--device_index 0,1", "--gpu_workers N",
+        "FINE-TUNING (your own recordings",
+        f"module load whisper-diarization/{MODULE_VERSION}",
+        "singularity_wrapper exec whisper-finetune prepare data.tsv --model tiny.en --output my-run",
+        f"sbatch {slurm}/whisper-finetune.sbatch my-run --method lora --max_steps 1000 --save_every 100",
+        "singularity_wrapper exec whisper-finetune export my-run --name my-model --root my-models",
+        "WHISPER_MODELS=$PWD/my-models singularity_wrapper run talk.wav --model my-model",
     ):
         assert line in text, line
     memory = between(text, "MEMORY (--mem) PER MODEL SIZE", "GOOD TO KNOW")
@@ -239,7 +245,7 @@ def test_install_command_lays_out_a_prefix_and_can_run_again(tmp_path, model_roo
         assert (prefix / "bin" / name).resolve() == (Path(sys.prefix) / "bin" / name).resolve()
     for module in ("whisper", "whisper-diarization"):
         assert (prefix / "modulefiles" / module / f"{MODULE_VERSION}.lua").is_file()
-    for script in ("whisper-cpu.sbatch", "whisper-gpu.sbatch", "whisper-array.sbatch"):
+    for script in ("whisper-cpu.sbatch", "whisper-gpu.sbatch", "whisper-array.sbatch", "whisper-finetune.sbatch"):
         path = prefix / "slurm" / script
         assert os.access(path, os.X_OK)
         assert subprocess.run(["bash", "-n", str(path)]).returncode == 0

@@ -5,7 +5,7 @@
     PREFIX/etc/site.toml                        the site file, with this PREFIX written in
     PREFIX/images/whisper.sif, whisper-diarization.sif   when built (make images)
     PREFIX/modulefiles/whisper/<version>.lua, whisper-diarization/<version>.lua
-    PREFIX/slurm/whisper-cpu.sbatch, whisper-gpu.sbatch, whisper-array.sbatch
+    PREFIX/slurm/whisper-cpu.sbatch, whisper-gpu.sbatch, whisper-array.sbatch, whisper-finetune.sbatch
     PREFIX/ondemand/...                         the Open OnDemand app (whisper_hpc.ondemand)
 
 Everything is rendered from the one site file and from the models actually staged under its
@@ -38,7 +38,7 @@ MODULES = {
     "whisper": ("modulefiles/whisper.lua.j2", "whisper.sif"),
     "whisper-diarization": ("modulefiles/whisper-diarization.lua.j2", "whisper-diarization.sif"),
 }
-JOB_SCRIPTS = ("whisper-cpu.sbatch", "whisper-gpu.sbatch", "whisper-array.sbatch")
+JOB_SCRIPTS = ("whisper-cpu.sbatch", "whisper-gpu.sbatch", "whisper-array.sbatch", "whisper-finetune.sbatch")
 ENTRY_POINTS = ("whisper-batch",)            # always: they run on the login node
 NATIVE_ENTRY_POINTS = ("whisper-hpc",)       # only when the site runs natively without a container
 SHELL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
