@@ -14,6 +14,12 @@ slurm_cluster (session) -> tests/infra/cluster.Cluster, started once, stopped by
     One node (CPUs and memory of this machine, DefMemPerCPU=512), one fake GPU: --gres=gpu:1
     sets CUDA_VISIBLE_DEVICES like a real one, but there is no device behind it.
 
+slurm_two_nodes (session) -> the same, with two nodes (.nodes: their names): two slurmd daemons on
+    this machine, each claiming half its CPUs (at least 1) and half its memory, each with one fake
+    GPU, both at NodeAddr=127.0.0.1; for `sbatch -N2` and srun across nodes. A second cluster of
+    its own (own daemons, ports and accounting), started only by the tests that ask for it, so the
+    one-node cluster keeps the whole machine for the others.
+
 installed_prefix (session) -> Installed: `whisper_hpc.install` run into a temporary PREFIX with a
     test site file: model root = the staged models (conftest's model_root), and
     mode "container" when apptainer works and build/images/whisper.sif exists (images linked into
@@ -105,6 +111,14 @@ def slurm_cluster(tmp_path_factory):
     missing = missing_programs()
     need(not missing, f"Slurm/MariaDB/MUNGE not installed ({', '.join(missing)}); run tests/infra/install-cluster.sh")
     yield from shared("slurm_cluster", lambda: Cluster.start(parent=str(tmp_path_factory.getbasetemp())),
+                      Cluster.stop)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes(tmp_path_factory):
+    missing = missing_programs()
+    need(not missing, f"Slurm/MariaDB/MUNGE not installed ({', '.join(missing)}); run tests/infra/install-cluster.sh")
+    yield from shared("slurm_two_nodes", lambda: Cluster.start(parent=str(tmp_path_factory.getbasetemp()), nodes=2),
                       Cluster.stop)
 
 

@@ -1,5 +1,12 @@
-"""A private single-node Slurm cluster for one test session: real slurmctld, slurmd, munged, and
-slurmdbd on its own MariaDB, so that `sbatch`, `srun`, `squeue`, `scancel` and `sacct` all work.
+"""A private Slurm cluster for one test session: real slurmctld, slurmd, munged, and slurmdbd on
+its own MariaDB, so that `sbatch`, `srun`, `squeue`, `scancel` and `sacct` all work.
+
+One node by default, with this machine's CPUs and memory. `Cluster.start(nodes=2)` runs two
+slurmd daemons on this one machine (Slurm's multiple-slurmd mode: `slurmd -N NODE` once per node,
+each NodeName with its own Port=, `%n` in the slurmd pid, spool and log paths,
+`SlurmdParameters=config_overrides`), each node claiming an equal share of the CPUs (at least
+one) and of the memory, all at NodeAddr=127.0.0.1: enough for `sbatch -N2` and `srun` across
+nodes (torchrun over loopback).
 
 Nothing is shared with the machine or with another session: every daemon gets its own state,
 spool and log directories under one temporary directory, its own free TCP port, its own MUNGE
@@ -7,10 +14,11 @@ key and socket (slurm.conf `AuthInfo=socket=...`) and its own MariaDB datadir, s
 Client commands find this cluster through `SLURM_CONF` in `Cluster.env`.
 
     cluster = Cluster.start()          # waits until the node is idle and accounting answers
+    two = Cluster.start(nodes=2)       # two fake nodes on this machine: two.nodes == [node0, node1]
     subprocess.run(["srun", "hostname"], env=cluster.env)
     cluster.stop()                     # scancel, then SIGTERM/SIGKILL every daemon by PID; rm -rf
 
-Run `python tests/infra/cluster.py` for an interactive shell on a fresh cluster.
+Run `python tests/infra/cluster.py [--nodes N]` for an interactive shell on a fresh cluster.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ TERMINAL_STATES = {
     "PREEMPTED", "BOOT_FAIL", "DEADLINE", "REVOKED",
 }
 PR_SET_PDEATHSIG = 1
-# squeue reasons of a pending job that this one-node cluster will never start
+# squeue reasons of a pending job that this cluster will never start
 NEVER_RUNS = {"PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidAccount",
               "InvalidQOS", "DependencyNeverSatisfied", "ReqNodeNotAvail"}
 
@@ -78,6 +86,20 @@ def node_resources() -> dict[str, str]:
     """What `slurmd -C` reports for this machine (CPUs, sockets, cores, memory)."""
     output = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
     return dict(re.findall(r"(\w+)=(\S+)", output.splitlines()[0]))
+
+
+def node_shares(machine: dict[str, str], nodes: int, headroom_mb: int = 256) -> dict[str, str]:
+    """The NodeName resources of each of `nodes` fake nodes on this machine: the machine itself for
+    one node; else an equal share of its CPUs (at least 1, as one socket of single-thread cores)
+    and of its memory below `headroom_mb`."""
+    memory = int(machine.get("RealMemory", "4096")) - headroom_mb
+    if nodes == 1:
+        return {"CPUs": machine["CPUs"], "Boards": machine.get("Boards", "1"),
+                "SocketsPerBoard": machine["SocketsPerBoard"], "CoresPerSocket": machine["CoresPerSocket"],
+                "ThreadsPerCore": machine["ThreadsPerCore"], "RealMemory": str(memory)}
+    cpus = max(1, int(machine["CPUs"]) // nodes)
+    return {"CPUs": str(cpus), "Boards": "1", "SocketsPerBoard": "1", "CoresPerSocket": str(cpus),
+            "ThreadsPerCore": "1", "RealMemory": str(max(256, memory // nodes))}
 
 
 def terminate(process: subprocess.Popen | int, timeout: float = 10.0) -> None:
@@ -130,10 +152,11 @@ def pids_with_marker(value: str) -> list[int]:
 class Cluster:
     root: Path
     name: str
-    node: str
-    ports: dict[str, int]
+    node: str                      # the first node (the only one by default)
+    ports: dict[str, int]          # slurmctld, slurmdbd, mariadb, slurmd (the first node's), each node's
     env: dict[str, str]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    nodes: list[str] = field(default_factory=list)
 
     @property
     def conf(self) -> Path:
@@ -142,18 +165,25 @@ class Cluster:
     # ----- life cycle -------------------------------------------------------------------
 
     @classmethod
-    def start(cls, parent: str | None = None, gpus: int = 1, timeout: float = 120.0) -> "Cluster":
-        """Write the configuration, start every daemon, and wait until the node is idle."""
+    def start(cls, parent: str | None = None, gpus: int = 1, timeout: float = 120.0, nodes: int = 1) -> "Cluster":
+        """Write the configuration, start every daemon, and wait until every node is idle.
+        `gpus`: fake GPUs per node; `nodes`: slurmd daemons on this machine, sharing its CPUs and memory."""
+        if nodes < 1:
+            raise ValueError(f"a cluster needs at least one node, not {nodes}")
         root = Path(tempfile.mkdtemp(prefix="whisper-slurm-", dir=parent))
         root.chmod(0o755)  # job steps run as root here, but slurmstepd must traverse to the spool
-        ports = dict(zip(("slurmctld", "slurmd", "slurmdbd", "mariadb"), free_ports(4)))
+        numbers = free_ports(3 + nodes)
+        ports = dict(zip(("slurmctld", "slurmdbd", "mariadb"), numbers))
+        names = [f"wh{port}" for port in numbers[3:]]
+        ports.update(zip(names, numbers[3:]), slurmd=numbers[3])  # slurmd: the first node's, as before
         tag = root.name.rsplit("-", 1)[-1].lower()
         cluster = cls(
             root=root,
             name=f"wh{re.sub(r'[^a-z0-9]', '', tag)}"[:20],
-            node=f"wh{ports['slurmd']}",
+            node=names[0],
             ports=ports,
             env={},
+            nodes=names,
         )
         cluster.env = cluster.client_environment()
         try:
@@ -162,12 +192,17 @@ class Cluster:
             cluster.start_mariadb()
             cluster.start_daemon("slurmdbd", ["slurmdbd", "-D"], ready=cluster.accounting_ready)
             cluster.start_daemon("slurmctld", ["slurmctld", "-D", "-i"], ready=cluster.controller_ready)
-            cluster.start_daemon("slurmd", ["slurmd", "-D", "-N", cluster.node], ready=cluster.node_idle,
-                                 timeout=timeout)
+            for node in names:
+                cluster.start_daemon(cluster.slurmd_name(node), ["slurmd", "-D", "-N", node],
+                                     ready=lambda node=node: cluster.node_idle(node), timeout=timeout)
         except BaseException:
             cluster.stop()
             raise
         return cluster
+
+    def slurmd_name(self, node: str) -> str:
+        """The key of a node's slurmd in `processes` (and its log's name): slurmd with one node."""
+        return "slurmd" if len(self.nodes) == 1 else f"slurmd-{node}"
 
     def stop(self) -> None:
         """Cancel every job, stop every daemon by PID (SIGTERM, then SIGKILL), remove the directory."""
@@ -176,7 +211,8 @@ class Cluster:
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline and self.active_jobs():
                 time.sleep(0.3)
-        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
+        slurmds = [self.slurmd_name(node) for node in self.nodes]
+        for name in (*slurmds, "slurmctld", "slurmdbd", "mariadbd", "munged"):
             process = self.processes.pop(name, None)
             if process is not None:
                 terminate(process)
@@ -209,29 +245,40 @@ class Cluster:
     def write_configuration(self, gpus: int) -> None:
         for sub in ("etc", "state", "spool", "log", "run", "munge", "mysql/data", "mysql/run", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            (self.root / "spool" / node).mkdir()
         (self.root / "tmp").chmod(0o1777)
-        node = node_resources()
-        real_memory = int(node.get("RealMemory", "4096")) - 256  # headroom below what slurmd measures
+        share = node_shares(node_resources(), len(self.nodes))  # memory: headroom below what slurmd measures
+        resources = " ".join(f"{name}={share[name]}" for name in
+                             ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore", "RealMemory"))
         socket_path = self.root / "munge" / "munge.socket"
         auth = f"AuthType=auth/munge\nAuthInfo=socket={socket_path}\n"
         gres = f"Gres=gpu:{gpus}" if gpus else ""
+        host = socket.gethostname()
+        node_lines = "".join(
+            f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={self.ports[node]} {resources} {gres} "
+            "State=UNKNOWN\n" for node in self.nodes)
+        several = len(self.nodes) > 1
+        kind = f"{len(self.nodes)}-node" if several else "single-node"
+        # Several slurmd on one machine: each claims its share (config_overrides), not what it measures.
+        overrides = "SlurmdParameters=config_overrides\n" if several else ""
         files = {
             "slurm.conf": f"""\
-# A private single-node test cluster (tests/infra/cluster.py); removed when the session ends.
+# A private {kind} test cluster (tests/infra/cluster.py); removed when the session ends.
 ClusterName={self.name}
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={self.ports['slurmctld']}
-SlurmdPort={self.ports['slurmd']}
+SlurmdPort={self.ports[self.node]}
 SlurmUser=root
 SlurmdUser=root
 {auth}CredType=cred/munge
 StateSaveLocation={self.root}/state
-SlurmdSpoolDir={self.root}/spool
+SlurmdSpoolDir={self.root}/spool/%n
 SlurmctldPidFile={self.root}/run/slurmctld.pid
 SlurmdPidFile={self.root}/run/slurmd-%n.pid
 SlurmctldLogFile={self.root}/log/slurmctld.log
-SlurmdLogFile={self.root}/log/slurmd.log
-SlurmctldDebug=info
+SlurmdLogFile={self.root}/log/slurmd-%n.log
+{overrides}SlurmctldDebug=info
 SlurmdDebug=info
 TmpFS={self.root}/tmp
 MailProg=/bin/true
@@ -257,10 +304,9 @@ AccountingStoragePort={self.ports['slurmdbd']}
 AccountingStoragePass={socket_path}
 AccountingStorageTRES=gres/gpu
 GresTypes=gpu
-NodeName={self.node} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 Port={self.ports['slurmd']} CPUs={node['CPUs']} Boards={node.get('Boards', 1)} SocketsPerBoard={node['SocketsPerBoard']} CoresPerSocket={node['CoresPerSocket']} ThreadsPerCore={node['ThreadsPerCore']} RealMemory={real_memory} {gres} State=UNKNOWN
-PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{node_lines}PartitionName=debug Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """,
-            "gres.conf": f"NodeName={self.node} Name=gpu File=/dev/null\n" if gpus else "",
+            "gres.conf": "".join(f"NodeName={node} Name=gpu File=/dev/null\n" for node in self.nodes) if gpus else "",
             "slurmdbd.conf": f"""\
 {auth}DbdHost=localhost
 DbdPort={self.ports['slurmdbd']}
@@ -356,8 +402,9 @@ StorageLoc=slurm_acct_db
     def controller_ready(self) -> bool:
         return self.run(["scontrol", "ping"], check=False, timeout=10).stdout.count("UP") > 0
 
-    def node_idle(self) -> bool:
-        state = self.run(["sinfo", "-h", "-N", "-o", "%T", "-n", self.node], check=False, timeout=10).stdout.strip()
+    def node_idle(self, node: str | None = None) -> bool:
+        state = self.run(["sinfo", "-h", "-N", "-o", "%T", "-n", node or self.node], check=False,
+                         timeout=10).stdout.strip()
         return state == "idle"
 
     # ----- clients ----------------------------------------------------------------------
@@ -414,11 +461,16 @@ StorageLoc=slurm_acct_db
             time.sleep(0.5)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Start a cluster, open a shell on it, stop it when the shell exits."""
-    cluster = Cluster.start()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=1, help="slurmd daemons on this machine (default 1)")
+    cluster = Cluster.start(nodes=parser.parse_args(argv).nodes)
     try:
-        print(f"cluster {cluster.name} up; SLURM_CONF={cluster.conf}; exit the shell to stop it", file=sys.stderr)
+        print(f"cluster {cluster.name} up ({', '.join(cluster.nodes)}); SLURM_CONF={cluster.conf}; "
+              "exit the shell to stop it", file=sys.stderr)
         return subprocess.call([os.environ.get("SHELL", "/bin/bash")], env=cluster.env)
     finally:
         cluster.stop()
