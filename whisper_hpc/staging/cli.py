@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     importer.add_argument("--token-file", type=Path, metavar="FILE", help="a file (mode 600) with a hub token, for gated repos")
     importer.add_argument("--overwrite", action="store_true", help="replace a staged model of that name")
 
-    exporter = commands.add_parser("export", help="write a staged model as transformers, mindspeed or openai files")
+    exporter = commands.add_parser("export", help="write a staged model as transformers, mindspeed, openai or ggml (whisper.cpp) files")
     exporter.add_argument("name", metavar="NAME")
     exporter.add_argument("--format", required=True, choices=FORMATS)
     exporter.add_argument("--output", required=True, type=Path, metavar="DIR", help="a new (or empty) folder")

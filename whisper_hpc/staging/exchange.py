@@ -10,11 +10,12 @@ training stacks use (Hugging Face transformers, MindSpeed-MM) and the ones our e
         weights) and manifest.json with the provenance. The work happens in ROOT/.staging/;
         the finished, read-only folder appears with one rename.
 
-    export NAME --format transformers|mindspeed|openai --output DIR
+    export NAME --format transformers|mindspeed|openai|ggml --output DIR
         transformers: WhisperForConditionalGeneration weights, config, generation config,
         tokenizer and feature extractor, loadable offline by from_pretrained(DIR).
         mindspeed: DIR/model_optim_rng.pt ({"model": state dict with MindSpeed-MM's names}) and
         the transformers config and tokenizer beside it. openai: DIR/openai-whisper.pt.
+        ggml: DIR/ggml-NAME.bin, whisper.cpp's model file, from openai-whisper.pt (staging/ggml.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from whisper_hpc.staging.hf_format import FormatError
 from whisper_hpc.staging.tree import discard, ensure_root, exclusive, publish, staging_dir, tree_size
 
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32")
-FORMATS = ("transformers", "mindspeed", "openai")
+FORMATS = ("transformers", "mindspeed", "openai", "ggml")
 MINDSPEED_CHECKPOINT = "model_optim_rng.pt"
 COPIED_FILES = (hf_format.TOKENIZER, hf_format.PREPROCESSOR)
 MULTILINGUAL_VOCABULARY = 51865  # English-only Whisper vocabularies have 51864 tokens, multilingual ones more
@@ -330,6 +331,10 @@ def export_model(model: StagedModel, fmt: str, output: Path, say: Callable[[str]
                 convert_ctranslate2_to_openai(model.path, partial / OPENAI_CHECKPOINT)
             else:
                 shutil.copyfile(checkpoint, partial / OPENAI_CHECKPOINT)
+        elif fmt == "ggml":
+            from whisper_hpc.staging.ggml import export_ggml, ggml_name
+
+            export_ggml(model, partial / ggml_name(model))
         else:
             hf_format.write_transformers(model.path, partial)
             if fmt == "mindspeed":
