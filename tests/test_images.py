@@ -126,6 +126,11 @@ def test_labels_name_the_versions_inside_and_the_build_date(images, name):
         pyannote = lock_versions(ROOT / "requirements" / "diarization.lock")["pyannote-audio"]
         assert labels["pyannote.audio.version"] == pyannote
         assert labels["org.opencontainers.image.title"] == "whisper-hpc-diarization"
+        # the training stack (whisper-finetune) rides in the same layer
+        assert labels["transformers.version"] == lock_versions(ROOT / "requirements" / "convert.lock")["transformers"]
+        assert labels["peft.version"] == lock_versions(ROOT / "requirements" / "finetune.lock")["peft"]
+    else:
+        assert "transformers.version" not in labels and "peft.version" not in labels
 
 
 @pytest.mark.parametrize("name", ["whisper", "whisper-diarization"])
@@ -140,6 +145,13 @@ def test_run_help_prints_our_usage(images, name):
     text = apptainer("run-help", str(images[name])).stdout
     assert "The image holds no model weights: bind the site's model root read-only at /models." in text
     assert f"apptainer run --bind /path/to/models:/models:ro {name}.sif" in text
+
+
+def test_diarization_image_holds_whisper_finetune_and_torchrun(images):
+    image = str(images["whisper-diarization"])
+    shown = apptainer("exec", "--cleanenv", image, "whisper-finetune", "--help").stdout
+    assert "prepare" in shown and "train" in shown and "export" in shown
+    assert "--nnodes" in apptainer("exec", "--cleanenv", image, "torchrun", "--help").stdout
 
 
 def test_diarization_image_keeps_the_whisper_runscript_and_environment(images):

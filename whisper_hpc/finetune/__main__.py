@@ -1,0 +1,5 @@
+import sys
+
+from whisper_hpc.finetune.cli import main
+
+sys.exit(main())
