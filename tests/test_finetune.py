@@ -373,7 +373,7 @@ def test_prepare_train_and_export_run_with_no_network_and_write_nothing_in_home(
         reason = f"cannot create a network namespace here ({probe.stderr.decode().strip()})"
         if IN_CI:
             pytest.fail(f"CI must run this test, but: {reason}")
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     home, scratch = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
     scratch.mkdir()

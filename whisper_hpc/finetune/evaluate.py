@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from whisper_hpc.finetune.data import collate
 from whisper_hpc.finetune.rundir import RunDir
-from whisper_hpc.finetune.scoring import corpus_wer
+from whisper_hpc.scoring import corpus_wer
 
 EVAL_BATCH = 8
 
