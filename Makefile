@@ -31,12 +31,13 @@ test: venv models $(SAMPLE) $(TEST_DEPS)
 unit: venv
 	$(BIN)/python -m pytest -m "not engine and not system" $(PYTEST_ARGS)
 
-bench: venv models $(SAMPLE) cluster-installed diarization-venv diarization-pipeline convert-venv peers-venv
+bench: venv models $(SAMPLE) cluster-installed diarization-venv diarization-pipeline convert-venv peers-venv finetune-venv
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_transcribe.py
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_batch.py
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_diarization.py
 	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_quantization.py
 	SHARED_DATA=$(SHARED)/data PEERS_VENV=$(PEERS_VENV) $(BIN)/python tests/bench_peers.py $(BENCH_PEERS_ARGS)
+	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_finetune.py $(BENCH_FINETUNE_ARGS)
 
 system-deps:
 	bash scripts/system-deps.sh

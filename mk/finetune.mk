@@ -12,3 +12,9 @@ $(VENV)/.finetune-installed: requirements/finetune.lock $(VENV)/.convert-install
 
 espeak-installed:
 	bash scripts/system-deps.sh espeak-ng
+
+# Training speed on 1 and 2 ranks, side by side (tests/bench_finetune.py); also run by `make bench`.
+BENCH_FINETUNE_ARGS ?=
+.PHONY: bench-finetune
+bench-finetune: venv models finetune-venv
+	SHARED_DATA=$(SHARED)/data $(BIN)/python tests/bench_finetune.py $(BENCH_FINETUNE_ARGS)
