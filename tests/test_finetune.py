@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -271,6 +272,24 @@ def test_a_run_killed_anywhere_even_in_a_save_resumes_to_the_same_weights(sandbo
     assert all(float((a[name] - b[name]).abs().max()) <= 1e-7 for name in a)
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000004", "step-000005"]  # the newest two
 
+    # And at moments nobody chose: two SIGKILLs at random times (the delays are printed on failure).
+    shuffled = copy_run(small_run, tmp_path / "random")
+    delays = [round(random.Random().uniform(0.5, 12.0), 2) for _ in range(2)]
+    for delay in delays:
+        process = subprocess.Popen([PYTHON, "-m", "whisper_hpc.finetune", "train", str(shuffled), *RESUMABLE],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                                   env=environment(sandbox["home"], sandbox["scratch"], sandbox["root"]))
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=60)
+    finished = finetune(sandbox, "train", str(shuffled), *RESUMABLE)
+    assert "step 5/5 loss" in finished.stdout or "resuming from step-000005" in finished.stdout, (delays, finished.stdout)
+    c = final_weights(shuffled)
+    assert set(c) == set(a), delays
+    assert all(float((a[name] - c[name]).abs().max()) <= 1e-7 for name in a), delays
+
 
 # ----- one trainer per run directory, one base model per run ---------------------------------------
 
@@ -384,6 +403,16 @@ def test_prepare_train_and_export_run_with_no_network_and_write_nothing_in_home(
     finetune(offline, "prepare", str(tmp_path / "three.tsv"), "--model", "tiny.en", "--output", str(run),
              prefix=tuple(prefix))
     finetune(offline, "train", str(run), "--max_steps", "2", "--batch_size", "2", prefix=tuple(prefix))
+    # Two ranks resume it for a third step: torchrun's c10d rendezvous on the namespace's own loopback.
+    ranks = subprocess.run(
+        [*prefix, "sh", "-c", 'ip link set lo up && exec "$@"', "sh", PYTHON, "-m", "torch.distributed.run",
+         "--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", "127.0.0.1:29511",
+         "--log_dir", str(tmp_path / "torchrun-logs"),  # torchrun's own, else a torchelastic_* folder in TMPDIR
+         "-m", "whisper_hpc.finetune", "train", str(run), "--max_steps", "3", "--batch_size", "1"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env=environment(home, scratch, sandbox["root"], OMP_NUM_THREADS="1"))
+    assert ranks.returncode == 0, ranks.stdout + ranks.stderr
+    assert "resuming from step-000002" in ranks.stdout and "step 3/3" in ranks.stdout, ranks.stdout
     finetune(offline, "export", str(run), "--name", "tiny-offline", "--quantization", "int8", prefix=tuple(prefix))
     assert (sandbox["root"] / "tiny-offline" / "model.bin").is_file()
     assert list(home.iterdir()) == [] and list(scratch.iterdir()) == []
