@@ -2,12 +2,11 @@
 
 The weights go out as a transformers folder (with the base's tokenizer, feature extractor and
 generation config) and are staged by `whisper-models import` (exchange.import_model: CTranslate2
-files, quantized, and openai-whisper.pt). The staged manifest then gets one more source entry,
-kind "finetune": the base model, the data manifest's SHA-256, steps and the final eval WER."""
+files, quantized, and openai-whisper.pt), whose manifest records one more source entry, kind
+"finetune": the base model, the data manifest's SHA-256, steps and the final eval WER."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Callable
 from whisper_hpc.finetune import checkpoint
 from whisper_hpc.finetune.model import ModelSettings, build, load_weights, merged
 from whisper_hpc.finetune.rundir import FinetuneError, RunDir
-from whisper_hpc.model_store import MANIFEST
 
 COPIED = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
 
@@ -49,21 +47,6 @@ def write_transformers(run: RunDir, folder: Path, output: Path) -> dict:
     return state
 
 
-def record_provenance(staged: Path, entry: dict) -> None:
-    """Add the fine-tuning entry to the staged (read-only) model's manifest, re-hashed."""
-    from whisper_hpc.staging.checksums import write_manifest
-    from whisper_hpc.staging.tree import READ_ONLY_DIR, READ_ONLY_FILE
-
-    manifest = json.loads((staged / MANIFEST).read_text(encoding="utf-8"))
-    origin = f"fine-tuned from {entry['base_model']['name']} ({entry['method']}, {entry['steps']} steps); {manifest['origin']}"
-    staged.chmod(0o755)
-    try:
-        write_manifest(staged, origin, manifest.get("sources", []) + [entry])
-        (staged / MANIFEST).chmod(READ_ONLY_FILE)
-    finally:
-        staged.chmod(READ_ONLY_DIR)
-
-
 def export(run_dir: Path, name: str, root: Path, quantization: str = "int8", chosen: Path | None = None,
            overwrite: bool = False, say: Callable[[str], None] = print) -> Path:
     """Stage RUN_DIR's newest complete checkpoint (or `chosen`) as ROOT/NAME; returns its folder."""
@@ -81,9 +64,10 @@ def export(run_dir: Path, name: str, root: Path, quantization: str = "int8", cho
     try:
         state = write_transformers(run, folder, output)
         say(f"{folder.name} ({state['model']['method']}, step {state['step']}) merged into a transformers folder")
+        entry = provenance(run, meta, state, folder)
+        lineage = (f"fine-tuned from {meta['base']['name']} ({entry['method']}, {entry['steps']} steps)", entry)
         staged = import_model(str(output), name, root, ImportOptions(quantization=quantization, overwrite=overwrite,
-                                                                     say=say))
-        record_provenance(staged, provenance(run, meta, state, folder))
+                                                                     say=say, lineage=lineage))
     finally:
         shutil.rmtree(output, ignore_errors=True)
         if output.parent.is_dir() and not any(output.parent.iterdir()):

@@ -51,6 +51,9 @@ class ImportOptions:
     token: Token | None = None
     overwrite: bool = False
     say: Callable[[str], None] = field(default=print)
+    # Where the weights themselves came from, when SOURCE is an intermediate folder (whisper-finetune's
+    # merged checkpoint): (a phrase put before the origin, a source entry added to the manifest).
+    lineage: tuple[str, dict] | None = None
 
 
 # ----- import ------------------------------------------------------------------------------------
@@ -73,7 +76,10 @@ def import_model(source: str, name: str, root: Path, options: ImportOptions) -> 
         try:
             folder, provenance = locate_source(source, root, name, prepared, options)
             convert_transformers(folder, prepared, work, options, provenance)
-            write_manifest(work, provenance["origin"], provenance["sources"])
+            origin, sources = provenance["origin"], list(provenance["sources"])
+            if options.lineage:
+                origin, sources = f"{options.lineage[0]}; {origin}", [*sources, options.lineage[1]]
+            write_manifest(work, origin, sources)
             replace_or_publish(work, final, root)
         finally:  # a failed or interrupted import leaves only its hub download (.sources/NAME), to resume
             discard(prepared)
