@@ -16,7 +16,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transcribe import MODELS, SHARED, ffmpeg  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent / "infra"))
+from cluster import free_ports  # noqa: E402
 
 BIN = Path(sys.executable).parent
 RATES = (16000, 22050, 32000, 44100)
@@ -46,12 +47,6 @@ def manifest(folder: Path) -> Path:
     path = folder / "train.tsv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tokens_per_second(output: str) -> float:
@@ -111,7 +106,7 @@ def run_logged(prepared: Path, work: Path, ranks: int, arguments, env: dict) -> 
         command = [str(BIN / "python"), "-m", "whisper_hpc.finetune", *flags]
     else:
         command = [str(BIN / "python"), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-                   str(ranks), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+                   str(ranks), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_ports(1)[0]}",
                    "-m", "whisper_hpc.finetune", *flags]
     started = time.monotonic()
     process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

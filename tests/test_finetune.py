@@ -17,6 +17,8 @@ import pytest
 
 from conftest import BIN, IN_CI, ROOT, need
 from wer import word_error_rate
+import cluster_fixtures  # noqa: F401,E402 - puts tests/infra on sys.path
+from cluster import free_ports  # noqa: E402
 
 pytestmark = [pytest.mark.system, pytest.mark.engine]
 
@@ -75,15 +77,9 @@ def finetune(sandbox, *arguments: str, check: bool = True, timeout: float = 600,
     return result
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun(sandbox, processes: int, *arguments: str, **extra: str) -> subprocess.CompletedProcess:
     launcher = (PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--rdzv_backend", "c10d",
-                "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "-m", "whisper_hpc.finetune")
+                "--rdzv_endpoint", f"127.0.0.1:{free_ports(1)[0]}", "-m", "whisper_hpc.finetune")
     result = subprocess.run([*launcher, *arguments], capture_output=True, text=True, cwd=ROOT, timeout=600,
                             env=environment(sandbox["home"], sandbox["scratch"], sandbox["root"], OMP_NUM_THREADS="1",
                                             **extra))
