@@ -220,6 +220,7 @@ class Request:
     gpus: tuple[int, ...] | None = None  # the GPUs the command line names; None: those the job was given
     gpu_workers: int | None = None  # --gpu_workers; None: one worker per GPU
     cpu_workers: int | None = None  # --cpu_workers; None: one process
+    num_workers: int | None = None  # --num_workers; None: lanes.run_lanes chooses
 
 
 def check_request(arguments: argparse.Namespace, create_output: bool = True, need_inputs: bool = True) -> Request:
@@ -238,7 +239,7 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
             raise UsageError(f"--{flag} must not be negative")
     device, device_index = parse_device(arguments.device, arguments.device_index)
     gpus = chosen_gpus(arguments.device, arguments.device_index)
-    for flag in ("gpu_workers", "cpu_workers"):
+    for flag in ("gpu_workers", "cpu_workers", "num_workers"):
         if getattr(arguments, flag) is not None and getattr(arguments, flag) < 1:
             raise UsageError(f"--{flag} must be at least 1")
     inputs = input_names(arguments) if need_inputs else []
@@ -256,7 +257,7 @@ def check_request(arguments: argparse.Namespace, create_output: bool = True, nee
         diarize=bool(arguments.diarize) and not arguments.diarization_rttm, diarization_model=arguments.diarization_model,
         split_channels=bool(arguments.split_channels), redo=bool(arguments.overwrite or not arguments.skip_existing),
         clips=clips, speaker_name=speaker_name, gpus=gpus, gpu_workers=arguments.gpu_workers,
-        cpu_workers=arguments.cpu_workers,
+        cpu_workers=arguments.cpu_workers, num_workers=arguments.num_workers,
     )
 
 
@@ -354,8 +355,9 @@ class EngineLoader:
         engine = load_engine(self.backend, replace(self.model, compute_type=compute_type or self.model.compute_type),
                              notice)
         if self.announce:
+            replicas = f", {self.model.workers} replicas" if self.model.workers > 1 else ""
             notice(f"{engine.name} {self.model.staged.name} on {engine.device} ({engine.compute_type}, "
-                   f"{self.model.threads} threads)")
+                   f"{self.model.threads} threads{replicas})")
         return engine
 
     def on(self, device: str, device_index: int, threads: int) -> "EngineLoader":
@@ -402,8 +404,9 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     """The run, ready to start: checked, with threads pinned and the run directory made.
 
     On CUDA with several GPUs (or --gpu_workers N), or on the CPU with --cpu_workers N, a pool of
-    worker processes (whisper_hpc.pool) shares the files out; else the files run here, one after
-    the other (whisper_hpc.runner)."""
+    worker processes (whisper_hpc.pool) shares the files out; else the files run here: on the CPU
+    with faster-whisper, several at once on one model where that pays (whisper_hpc.lanes), else
+    one after the other (whisper_hpc.runner)."""
     threads = arguments.threads if (arguments.threads or 0) > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
     runtime.start_run()
@@ -449,7 +452,31 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
 
         return lambda: run_pool(jobs, settings, load, options, gpus, threads, speakers=speakers, cache=cache,
                                 device=device)
+    lanes = file_lanes(request, device, options, settings)
+    if lanes != 1:
+        from whisper_hpc.lanes import run_lanes
+
+        return lambda: run_lanes(jobs, settings, load, options, threads, lanes, cache=cache)
     return lambda: run_jobs(jobs, settings, load, options, speakers=speakers, cache=cache)
+
+
+def file_lanes(request: Request, device: str, options, settings) -> int | None:
+    """How many files run at once in this process (lanes.py): --num_workers, else None (lanes.py
+    chooses from the files) where it can pay; 1 where it cannot, with a notice for a --num_workers
+    that cannot be honoured."""
+    reasons = [why for why, applies in (
+        ("the run is on CUDA (--gpu_workers sets its workers)", device == "cuda"),
+        ("it needs --backend faster-whisper", request.backend != "faster-whisper"),
+        ("batched inference already keeps the cores busy", options.batch_size > 1),
+        ("--diarize runs one file at a time", request.speakers),
+        ("--verbose prints one file's segments at a time", settings.verbose),
+        ("--cpu_workers runs worker processes instead", (request.cpu_workers or 1) > 1),
+    ) if applies]
+    if not reasons:
+        return request.num_workers
+    if (request.num_workers or 1) > 1:
+        notice(f"--num_workers {request.num_workers} ignored: {reasons[0]}")
+    return 1
 
 
 def result_cache(request: Request, backend: str, device: str, options, settings, speakers):

@@ -185,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--cpu_workers", type=optional_int, default=None, metavar="N",
                        help="on the CPU: worker processes, each with its own model and --threads divided among "
                             "them (default 1; 2 workers of 1 thread beat 1 of 2 on many short files)")
+    model.add_argument("--num_workers", type=optional_int, default=None, metavar="N",
+                       help="on the CPU with faster-whisper: files transcribed at once in this process, on one "
+                            "model whose replicas share its weights, the threads divided among them (default: "
+                            "chosen from the files' durations and the threads; 1: one file at a time)")
     model.add_argument("--compute_type", choices=COMPUTE_TYPES, default="auto",
                        help="auto: int8 on CPU, float16 on CUDA (faster-whisper); float32 on CPU (openai-whisper)")
     model.add_argument("--fp16", type=str2bool, default=None, metavar="BOOL",

@@ -34,6 +34,10 @@ MEMORY_FIT_MB = {
     ("openai-whisper", "float32"): (364.0, 7.94),
     ("openai-whisper", "float16"): (364.0, 7.94),  # loads float32 on the host, then moves to the GPU
 }
+# Each file transcribed at once beside the first (lanes.py: a CTranslate2 replica sharing the
+# weights) adds its working buffers: +87 MB (tiny.en) and +90 MB (base) measured here, peak RSS of
+# 12 clips with 2 lanes against 1; larger models are extrapolated along the line.
+LANE_MEMORY_FIT_MB = (83.7, 0.086)
 DIARIZATION_MEMORY_MB = 1500  # pyannote pipeline peak, measured at 1.3 GB on real weights
 # Diarization holds a whole recording's waveform in memory: 16 kHz float32, 64000 bytes a second.
 WAVEFORM_BYTES_PER_SECOND = 16000 * 4
@@ -99,10 +103,17 @@ class Workload:
             return "int8"
         return "float16" if self.gpu else "int8"
 
+    @property
+    def lanes(self) -> int:
+        """Files transcribed at once, at most (lanes.py: on the CPU with faster-whisper, without speakers)."""
+        return self.threads if not self.gpu and self.backend == "faster-whisper" and not self.diarize else 1
+
     def peak_mb(self) -> float:
         """Expected peak host memory (no safety factor): measured for tiny and base, else extrapolated."""
         intercept, slope = MEMORY_FIT_MB.get((self.backend, self.precision), MEMORY_FIT_MB[("openai-whisper", "float32")])
-        return intercept + slope * self.parameters_m + (DIARIZATION_MEMORY_MB if self.diarize else 0)
+        lane_intercept, lane_slope = LANE_MEMORY_FIT_MB
+        lanes = (max(1, self.lanes) - 1) * (lane_intercept + lane_slope * self.parameters_m)
+        return intercept + slope * self.parameters_m + lanes + (DIARIZATION_MEMORY_MB if self.diarize else 0)
 
     def memory_mb(self, longest_seconds: float = 0.0) -> int:
         """Host memory to request, rounded up; includes the safety factor, and, when diarizing, the
@@ -135,6 +146,15 @@ class Workload:
 
     def task_seconds(self, durations: Sequence[float | None], loads: int = 1) -> float:
         return loads * self.load_seconds() + sum(self.file_seconds(d) for d in durations)
+
+
+def file_lanes(threads: int, durations: Sequence[float]) -> int:
+    """How many files to transcribe at once on `threads` CPU threads (lanes.py): the most, up to
+    one per thread and per file, that still leaves the longest file no longer than a lane's share
+    of the audio, so that no lane runs on long after the others; 1 for a single long file."""
+    longest = max(durations, default=0.0)
+    fits = len(durations) if longest <= 0 else int(sum(durations) / longest + 1e-9)
+    return max(1, min(threads, len(durations), fits))
 
 
 def waveform_mb(seconds: float) -> int:

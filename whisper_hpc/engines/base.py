@@ -26,6 +26,7 @@ class ModelRequest:
     compute_type: str | None  # None: the engine's best default for the device
     threads: int
     device_index: int = 0
+    workers: int = 1  # faster-whisper: replicas sharing the weights, for files transcribed at once (lanes.py)
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class FasterWhisperEngine:
                 device_index=model.device_index,
                 compute_type=self.compute_type,
                 cpu_threads=model.threads,
+                num_workers=model.workers,
                 local_files_only=True,
             )
         except (ValueError, RuntimeError) as error:
