@@ -8,7 +8,6 @@ must write what one file at a time writes.
 from __future__ import annotations
 
 import io
-import shutil
 import signal
 import subprocess
 import threading
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import BIN
 from test_pool import (
-    DONE_LINE, FakeEngine, clips, done_names, fake_decoder, fake_jobs, outputs, partials, whisper_on_cpu,
+    DONE_LINE, FakeEngine, clips, done_names, fake_decoder, fake_jobs, outputs, partials, twelve_files,
+    until_first_done, whisper_on_cpu,
 )
 from whisper_hpc import lanes, sizing
 from whisper_hpc.assemble import file_lanes
@@ -170,8 +169,8 @@ def test_a_stop_waits_for_the_transcripts_being_written_and_begins_no_other(fake
 
 # ---- the whole command, real tiny.en on real clips ---------------------------------------------------------
 
-def whisper(model_root, home, tmp_path, *arguments):
-    return whisper_on_cpu(model_root, home, tmp_path, "--model", "tiny.en", "--device", "cpu", *arguments)
+def whisper(model_root, home, tmp_path, *arguments, popen=False):
+    return whisper_on_cpu(model_root, home, tmp_path, "--model", "tiny.en", "--device", "cpu", *arguments, popen=popen)
 
 
 @pytest.mark.engine
@@ -225,26 +224,10 @@ def test_one_long_file_keeps_every_thread_and_num_workers_1_runs_one_at_a_time(c
 @pytest.mark.engine
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_ctrl_c_or_sigterm_keeps_every_written_file_whole(clips, model_root, home, tmp_path, signum, code):
-    many = tmp_path / "many"
-    many.mkdir()
-    for number in range(12):
-        shutil.copy(clips[number % len(clips)], many / f"{number:02d} {clips[number % len(clips)].name}")
+    many = twelve_files(clips, tmp_path / "many")
     out = tmp_path / "out"
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    environment = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
-                   "WHISPER_MODELS": str(model_root)}
-    process = subprocess.Popen([str(BIN / "whisper-hpc"), str(many), "--model",
-                                "tiny.en", "--device", "cpu", "--threads", "2", "-o", str(out)],
-                               env=environment, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    lines = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        if "[1/12] done" in line or not line:
-            break
-    assert "[1/12] done" in lines[-1], "".join(lines)
+    process = whisper(model_root, home, tmp_path, str(many), "--threads", "2", "-o", str(out), popen=True)
+    lines = until_first_done(process, 12)
     assert any("files at once" in line for line in lines), "".join(lines)
     process.send_signal(signum)
     process.wait(timeout=60)
@@ -256,4 +239,4 @@ def test_ctrl_c_or_sigterm_keeps_every_written_file_whole(clips, model_root, hom
     for path in out.iterdir():  # what was written is whole: every format of each finished file
         assert path.name.rsplit(".", 1)[0] in finished, path
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{stem}.{f}" for stem in finished for f in FORMATS)
-    assert list(scratch.iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -504,6 +504,27 @@ def test_whisper_hpc_runs_one_worker_per_gpu_it_was_given(clips, model_root, hom
     assert "0 done, 3 skipped, 0 failed" in again.stderr and "workers on GPU" not in again.stderr
 
 
+def twelve_files(clips, folder: Path) -> Path:
+    """`folder` with twelve copies of the clips, numbered."""
+    folder.mkdir()
+    for number in range(12):
+        shutil.copy(clips[number % len(clips)], folder / f"{number:02d} {clips[number % len(clips)].name}")
+    return folder
+
+
+def until_first_done(process: subprocess.Popen, total: int) -> list[str]:
+    """The run's stderr lines up to its first `[1/total] done` (asserted to come)."""
+    lines = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        lines.append(line)
+        if f"[1/{total}] done" in line or not line:
+            break
+    assert f"[1/{total}] done" in lines[-1], "".join(lines)
+    return lines
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -528,22 +549,12 @@ def running(pid: int) -> bool:
 @pytest.mark.engine
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
 def test_ctrl_c_or_sigterm_stops_every_worker(clips, model_root, home, tmp_path, signum, code):
-    many = tmp_path / "many"
-    many.mkdir()
-    for number in range(12):
-        shutil.copy(clips[number % len(clips)], many / f"{number:02d} {clips[number % len(clips)].name}")
+    many = twelve_files(clips, tmp_path / "many")
     out = tmp_path / "out"
     process = whisper_on_gpus(model_root, home, tmp_path, str(many), "--model", "tiny.en", "--device", "cuda",
                               "--device_index", "0,1", "-o", str(out), popen=True)
-    lines = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        lines.append(line)
-        if "[1/12] done" in line or not line:
-            break
+    lines = until_first_done(process, 12)
     workers = children_of(process.pid)
-    assert "[1/12] done" in lines[-1], "".join(lines)
     process.send_signal(signum)
     process.wait(timeout=60)
     rest = process.stderr.read()
@@ -560,13 +571,15 @@ def test_ctrl_c_or_sigterm_stops_every_worker(clips, model_root, home, tmp_path,
 
 # ---- workers on the CPU (--cpu_workers) -------------------------------------------------------------
 
-def whisper_on_cpu(model_root, home, tmp_path, *arguments):
+def whisper_on_cpu(model_root, home, tmp_path, *arguments, popen=False):
     scratch = tmp_path / "tmp"
     scratch.mkdir(exist_ok=True)
     environment = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
                    "WHISPER_MODELS": str(model_root)}
-    return subprocess.run([str(BIN / "whisper-hpc"), *arguments], env=environment, capture_output=True, text=True,
-                          timeout=600, cwd=tmp_path)
+    command = [str(BIN / "whisper-hpc"), *arguments]
+    if popen:
+        return subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
 @pytest.mark.engine
