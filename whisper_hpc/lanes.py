@@ -62,8 +62,8 @@ class SharedEngine:
         return found
 
     def release(self) -> None:
-        """Drop the model now, its replicas' threads joined while the interpreter is whole: left to
-        the interpreter's exit (a stop's traceback holds on to it), it can abort the process."""
+        """Drop the model here, on the main thread, once no lane's system thread is left (Lanes.wait):
+        destroyed on a lane's thread as the interpreter exits, it would abort the process."""
         with self.lock:
             self.engines.clear()
         gc.collect()  # what the stopped lanes left in reference cycles (their tracebacks), the model with it
@@ -108,7 +108,6 @@ class LockedProgress:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.lock = threading.Lock()
-        self.finished = 0
 
     def within_file(self, name: str, position: float, duration: float | None, started: float) -> None:
         with self.lock:
@@ -116,8 +115,7 @@ class LockedProgress:
 
     def file_finished(self, name: str, duration: float, wall: float, how: str = "") -> None:
         with self.lock:
-            self.finished += 1
-            self.progress.file_finished(self.finished, name, duration, wall, how=how)
+            self.progress.file_finished(self.progress.files_done + 1, name, duration, wall, how=how)
 
 
 class FileQueue:
