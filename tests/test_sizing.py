@@ -95,6 +95,18 @@ def test_rtf_bound_is_pessimistic_and_follows_device_and_threads():
     assert sizing.Workload(39, compute_type="float32").rtf_bound() > tiny.rtf_bound()
 
 
+def test_memory_counts_a_lane_per_thread_where_files_run_at_once():
+    intercept, slope = sizing.LANE_MEMORY_FIT_MB
+    one, four = sizing.Workload(74, threads=1), sizing.Workload(74, threads=4)
+    assert four.peak_mb() == pytest.approx(one.peak_mb() + 3 * (intercept + slope * 74))
+    assert 85 <= intercept + slope * 39 <= 90 and 87 <= intercept + slope * 74 <= 93  # 87 and 90 MB measured
+    for alone in (sizing.Workload(74, threads=4, gpu=True), sizing.Workload(74, threads=4, backend="openai-whisper"),
+                  sizing.Workload(74, threads=4, diarize=True)):
+        assert alone.lanes == 1
+        assert alone.peak_mb() == pytest.approx(
+            sizing.Workload(74, threads=1, gpu=alone.gpu, backend=alone.backend, diarize=alone.diarize).peak_mb())
+
+
 def test_task_time_counts_each_model_load_and_unknown_durations():
     work = sizing.Workload(74)
     one_load = work.task_seconds([10.0, 20.0])
