@@ -248,21 +248,17 @@ def run_lanes(jobs: list[Job], settings: RunSettings, load, options: DecodeOptio
     errors = errors or sys.stderr
     summary = Summary()
     pending = pending_jobs(jobs, settings, summary, errors)
-    if lanes is None:
-        lanes = 1 if threads < 2 or len(pending) < 2 else None
-    tasks = longest_first(pending) if lanes != 1 and pending else []
-    if lanes is None:
-        lanes = sizing.file_lanes(threads, [task.seconds for task in tasks])
-    lanes = max(1, min(lanes, len(pending)))
-    if lanes == 1:
+    count = max(1, min(lanes or threads, len(pending)))  # without a count: a lane per thread at most
+    tasks = longest_first(pending) if count > 1 else []
+    if lanes is None and tasks:
+        count = sizing.file_lanes(threads, [task.seconds for task in tasks])
+    if count == 1:
         finished = run_jobs(pending, settings, load, options, errors=errors, cache=cache)
-        finished.skipped += summary.skipped
-        return finished
-    each = devices.worker_threads(threads, lanes)
-    load = replace(load, model=replace(load.model, workers=lanes, threads=each))
-    print(f"whisper-hpc: {lanes} files at once on one model, {each} CPU thread{'s' if each != 1 else ''} each; "
-          f"{len(pending)} files, longest first", file=errors, flush=True)
-    running = Lanes(tasks, settings, load, options, Progress(len(pending), errors), errors, cache)
-    finished = running.run(lanes)
+    else:
+        each = devices.worker_threads(threads, count)
+        load = replace(load, model=replace(load.model, workers=count, threads=each))
+        print(f"whisper-hpc: {count} files at once on one model, {each} CPU thread{'s' if each != 1 else ''} "
+              f"each; {len(pending)} files, longest first", file=errors, flush=True)
+        finished = Lanes(tasks, settings, load, options, Progress(len(pending), errors), errors, cache).run(count)
     finished.skipped += summary.skipped
     return finished
