@@ -4,6 +4,7 @@ Everything runs side by side in one run on the same audio and model, and the fig
 matter are ratios, since these machines are shared and absolute times drift with load.
 
     python tests/bench_transcribe.py [--minutes 10] [--model tiny.en] [--memory-minutes 1,10,30,60] [--repeats 3]
+                                    [--only-settings | --only-memory]
 """
 
 from __future__ import annotations
@@ -135,6 +136,16 @@ def settings_on_long_file(audio: Path, reference: str, model: str, work: Path) -
               f"{baseline / wall:5.2f}x the default")
 
 
+def memory_as_audio_grows(parts: list[Path], texts: list[str], lengths: str, model: str, work: Path) -> None:
+    """Peak memory of our command (decoding ahead on its own thread) on ever longer audio."""
+    print("\n3. peak memory of our command as the audio grows")
+    for length in [float(m) for m in lengths.split(",")]:
+        audio = work / f"memory-{length:g}.wav"
+        concatenation(parts, texts, length, audio)
+        wall, rss, _ = ours(audio, model, work)
+        print(f"  {probe_seconds(audio) / 60:5.1f} min  {rss:6.0f} MB peak  {wall:6.1f} s", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny.en")
@@ -142,6 +153,7 @@ def main() -> int:
     parser.add_argument("--memory-minutes", default="1,10,30,60", help="lengths for the memory check")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each command on jfk (default 3)")
     parser.add_argument("--only-settings", action="store_true", help="run only the settings comparison (2b)")
+    parser.add_argument("--only-memory", action="store_true", help="run only the memory check (3)")
     arguments = parser.parse_args()
     threads = len(os.sched_getaffinity(0))
     os.environ.setdefault("WHISPER_MODELS", str(MODELS))
@@ -154,6 +166,9 @@ def main() -> int:
             long_audio = work / "long.wav"
             settings_on_long_file(long_audio, concatenation(parts, texts, arguments.minutes, long_audio),
                                   arguments.model, work)
+            return 0
+        if arguments.only_memory:
+            memory_as_audio_grows(parts, texts, arguments.memory_minutes, arguments.model, work)
             return 0
 
         print(f"\n1. end to end on jfk (11 s): our command vs the plain openai-whisper CLI, "
@@ -186,12 +201,7 @@ def main() -> int:
 
         settings_on_long_file(long_audio, long_reference, arguments.model, work)
 
-        print("\n3. peak memory of our command as the audio grows")
-        for length in [float(m) for m in arguments.memory_minutes.split(",")]:
-            audio = work / f"memory-{length:g}.wav"
-            concatenation(parts, texts, length, audio)
-            wall, rss, _ = ours(audio, arguments.model, work)
-            print(f"  {probe_seconds(audio) / 60:5.1f} min  {rss:6.0f} MB peak  {wall:6.1f} s")
+        memory_as_audio_grows(parts, texts, arguments.memory_minutes, arguments.model, work)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
