@@ -214,3 +214,27 @@ print(before, resident_mb())
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     before, after = map(float, result.stdout.split())
     assert before > 150 and after < before - 100, (before, after)
+
+
+ARENAS_OF_A_THREAD = """
+import threading
+from whisper_hpc import runtime
+
+runtime.one_malloc_arena()
+kept = []
+thread = threading.Thread(target=lambda: kept.extend(bytes(4000) for _ in range(2000)))
+thread.start()
+thread.join()
+runtime.glibc().malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize("given, arenas", [(None, 1), ("4", 2)])
+def test_one_malloc_arena_unless_the_user_set_one(given, arenas):
+    """A thread's allocations land in the main arena; a MALLOC_ARENA_MAX the user set is kept."""
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    if given is not None:
+        env["MALLOC_ARENA_MAX"] = given
+    result = subprocess.run([sys.executable, "-c", ARENAS_OF_A_THREAD], env=env, capture_output=True, text=True,
+                            check=True)
+    assert result.stderr.count("Arena ") == arenas, result.stderr

@@ -409,6 +409,7 @@ def build_run(arguments: argparse.Namespace) -> Callable[[], object]:
     one after the other (whisper_hpc.runner)."""
     threads = arguments.threads if (arguments.threads or 0) > 0 else runtime.available_cpus()
     runtime.pin_threads(threads)
+    runtime.one_malloc_arena()
     runtime.start_run()
 
     from whisper_hpc.devices import resolve_device

@@ -549,6 +549,7 @@ def worker_main(number: int, gpu: int, visible: str, threads: int, payload: Work
         if not on_cpu:
             os.environ["CUDA_VISIBLE_DEVICES"] = visible  # before an engine is imported, as the threads
         runtime.pin_threads(threads)
+        runtime.one_malloc_arena()
         index = 0
         load = on_device(payload.load, device, index, threads)
         speakers = payload.speakers

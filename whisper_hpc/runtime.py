@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import stat
@@ -161,12 +162,35 @@ def run_scratch() -> Path:
     return start_run().path
 
 
-def release_freed_memory() -> None:
-    """Hand memory freed by the last window back to the system (glibc keeps it otherwise, and the
-    peak then creeps up window after window); a no-op where there is no glibc."""
+M_ARENA_MAX = -8  # glibc's mallopt parameter for the number of arenas
+
+
+@functools.lru_cache(maxsize=None)
+def glibc():
+    """The C library when it is glibc (its malloc_trim and mallopt), else None."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        library = ctypes.CDLL("libc.so.6")
+        library.malloc_trim, library.mallopt  # noqa: B018 - both exist only in glibc
+        return library
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last window back to the system (glibc keeps it otherwise, and the
+    peak then creeps up window after window); a no-op where there is no glibc."""
+    library = glibc()
+    if library is not None:
+        library.malloc_trim(0)
+
+
+def one_malloc_arena() -> None:
+    """Make every thread allocate from glibc's one main arena, unless MALLOC_ARENA_MAX says
+    otherwise. In an arena of its own, what the decoding thread frees is not reused by the
+    engine's thread, and the peak on long files varied from run to run; in one arena it stays
+    flat, at no cost in speed (docs/benchmarks.rst). Before the run's threads start."""
+    library = glibc()
+    if library is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        library.mallopt(M_ARENA_MAX, 1)
