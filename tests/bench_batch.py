@@ -1,7 +1,7 @@
 """`make bench` for whisper-batch: an array job (one model load per task) vs one `srun` per file.
 
-All run on a private Slurm cluster, on the same ~20 short real recordings, with the same
-whisper-hpc flags, one CPU per task or step, in turn, in one run:
+All run on a private Slurm cluster, on the same short real recordings (22, three times by
+default), with the same whisper-hpc flags, one CPU per task or step, in turn, in one run:
 
   array         whisper-batch submit, --parallel tasks at once, one model load per task
   srun          one `srun whisper-hpc FILE` per file, one after another: what users of the
@@ -21,7 +21,7 @@ same Sampler, at the same interval, watching that run's process tree from here, 
 CPU time its thread spends in sample() (what the task's sampler would spend).
 
     python tests/bench_batch.py [--rounds 2] [--parallel 2] [--model tiny.en] [--sampler_rounds 3]
-                                [--only array|sampler]
+                                [--only array|sampler] [--copies 3]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -220,6 +221,16 @@ def sampler_cost(work: Path, recordings: Recordings, model: str) -> None:
           f"loading NVML and {cost.samples} samples: {cost.cpu_seconds / max(cost.samples, 1) * 1000:.1f} ms a sample on average)")
 
 
+def copied(recordings: Recordings, copies: int) -> Recordings:
+    """`recordings` with `copies` - 1 more copies of each good file beside it."""
+    extra = []
+    for number in range(1, copies):
+        for path in recordings.good:
+            extra.append(path.with_name(f"copy {number} {path.name}"))
+            shutil.copyfile(path, extra[-1])
+    return Recordings(recordings.folder, recordings.good + extra, recordings.broken)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -227,10 +238,12 @@ def main() -> int:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--sampler_rounds", type=int, default=3, help="runs with the task sampler on (as many off)")
     parser.add_argument("--only", choices=("array", "sampler"), help="run one section")
+    parser.add_argument("--copies", type=int, default=3,
+                        help="each recording this many times, under other names (a batch closer to a real one's size)")
     arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
-        recordings = make_recordings(work / "recordings", SHARED, broken=False)
+        recordings = copied(make_recordings(work / "recordings", SHARED, broken=False), arguments.copies)
         if arguments.only != "sampler":
             array_section(arguments, work, recordings)
         if arguments.only != "array":
