@@ -239,13 +239,14 @@ def main() -> int:
     parser.add_argument("--sampler_rounds", type=int, default=3, help="runs with the task sampler on (as many off)")
     parser.add_argument("--only", choices=("array", "sampler"), help="run one section")
     parser.add_argument("--copies", type=int, default=3,
-                        help="each recording this many times, under other names (a batch closer to a real one's size)")
+                        help="the array section's batch: each recording this many times, under other names "
+                             "(closer to a real batch's size)")
     arguments = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
-        recordings = copied(make_recordings(work / "recordings", SHARED, broken=False), arguments.copies)
+        recordings = make_recordings(work / "recordings", SHARED, broken=False)
         if arguments.only != "sampler":
-            array_section(arguments, work, recordings)
+            array_section(arguments, work, copied(recordings, arguments.copies))
         if arguments.only != "array":
             sampler_section(arguments, work, recordings)
     finally:
