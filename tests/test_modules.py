@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from whisper_hpc import sizing
+from whisper_hpc.runtime import CACHE_VARIABLES
 
 from cluster_fixtures import LMOD_INIT, MODULE_VERSION, SYSTEM_PATH, installed_prefix, lmod, write_site  # noqa: F401
 
@@ -117,6 +118,62 @@ def test_unload_restores_the_environment_exactly(lmod):
     assert without_lmod_bookkeeping(after) == without_lmod_bookkeeping(before)
     assert after["HF_HOME"] == "/mine/hf" and after["tiny_en"] == "/mine/tiny"
     assert "whisper" not in (lmod.home / "list.txt").read_text()  # nothing loaded
+
+
+OTHER_USER = 65534  # nobody: the owner of what another user planted
+
+
+def folder(path: Path, mode: int, owner: int | None = None) -> Path:
+    path.mkdir()
+    path.chmod(mode)
+    if owner is not None:
+        os.chown(path, owner, owner)
+    return path
+
+
+def caches_after_load(lmod, env: dict[str, str]) -> dict[str, str]:
+    result = lmod("module load whisper && env -0 > loaded.env", env=env, cwd=lmod.home)
+    assert result.returncode == 0, result.stderr
+    loaded = environment_of((lmod.home / "loaded.env").read_text())
+    assert loaded["HF_HUB_OFFLINE"] == "1"
+    return {name: loaded[name] for name in CACHE_VARIABLES if name in loaded}
+
+
+def test_caches_go_in_a_folder_only_the_user_can_write_to(lmod, tmp_path):
+    job = folder(tmp_path / "job-tmp", 0o700)
+    caches = caches_after_load(lmod, {"TMPDIR": str(job)})
+    assert caches == {name: str(job / "whisper-hpc-cache" / relative) for name, relative in CACHE_VARIABLES.items()}
+    runtime_dir = folder(tmp_path / "run-user", 0o700)  # systemd's /run/user/UID comes first
+    caches = caches_after_load(lmod, {"TMPDIR": str(job), "XDG_RUNTIME_DIR": str(runtime_dir)})
+    assert all(path.startswith(f"{runtime_dir}/whisper-hpc-cache/") for path in caches.values()), caches
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting a folder owned by another user needs root")
+def test_a_tmpdir_that_others_can_write_to_gets_no_caches(lmod, tmp_path):
+    """A shared /tmp, where another user has planted the folders under names known in advance; a
+    folder of another user's; a symbolic link to a private folder. The libraries keep their defaults."""
+    shared = folder(tmp_path / "shared-tmp", 0o1777)
+    for name in ("whisper-hpc-cache", "whisper-hpc-cache-root"):
+        folder(shared / name, 0o777, owner=OTHER_USER)
+    foreign = folder(tmp_path / "foreign", 0o700, owner=OTHER_USER)
+    group_writable = folder(tmp_path / "group-writable", 0o770)
+    link = tmp_path / "link"
+    link.symlink_to(folder(tmp_path / "target", 0o700))
+    for tmpdir in (shared, foreign, group_writable, link):
+        assert caches_after_load(lmod, {"TMPDIR": str(tmpdir), "XDG_RUNTIME_DIR": str(shared)}) == {}, tmpdir
+
+
+def test_unload_undoes_the_caches_that_the_load_chose(lmod, tmp_path):
+    """Loaded on a login node (shared /tmp), unloaded in a job with a private TMPDIR, and back."""
+    shared, job = folder(tmp_path / "shared", 0o1777), folder(tmp_path / "job", 0o700)
+    mine = {"HF_HOME": "/mine/hf"}
+    for at_load, at_unload in ((shared, job), (job, shared)):
+        result = lmod(f"module load whisper; export TMPDIR={job if at_unload is job else shared}; "
+                      "module unload whisper; env -0 > after.env", env={**mine, "TMPDIR": str(at_load)})
+        assert result.returncode == 0, result.stderr
+        after = environment_of((lmod.home / "after.env").read_text())
+        assert after["HF_HOME"] == "/mine/hf" and "XDG_CACHE_HOME" not in after, (at_load, at_unload)
+        assert "WHISPER_HPC_MODULE_CACHE" not in after
 
 
 def test_whisper_and_diarization_replace_each_other(lmod, installed_prefix):
