@@ -297,6 +297,7 @@ for _, name in ipairs({"whatis", "help", "pushenv", "setenv", "prepend_path", "a
 os.execute, io.popen, os.remove, os.rename = recorder("os.execute"), recorder("io.popen"), recorder("os.remove"),
                                              recorder("os.rename")
 function mode() return "load" end
+lfs = require("lfs")  -- as Lmod's sandbox hands it to modulefiles
 function pathJoin(...) return table.concat({...}, "/") end
 dofile(arg[1])
 """
