@@ -114,6 +114,12 @@ def test_an_int8_import_stays_within_a_wer_bound_on_the_shared_recordings(models
 
     assert weight_storage(root / "tiny-int8" / "model.bin") == "int8"
     assert (root / "tiny-int8" / "model.bin").stat().st_size < 0.6 * (root / "tiny.en" / "model.bin").stat().st_size  # vs float16
+    alone = tmp_path / "int8-model-bin-alone"  # sized as jobs are (whisper_hpc.sizing): one byte a weight
+    alone.mkdir()
+    (alone / "model.bin").symlink_to(root / "tiny-int8" / "model.bin")
+    from whisper_hpc import sizing
+
+    assert 0.9 * 39 <= sizing.model_parameters_m("tiny-int8", alone)[0] <= 1.2 * 39
     for recording in ("jfk.flac",):
         original = transcribe(root, "tiny.en", shared_data / recording, tmp_path / "o")
         quantized = transcribe(root, "tiny-int8", shared_data / recording, tmp_path / "q")

@@ -450,7 +450,7 @@ def expected_sbatch(script: str) -> list[str]:
 def memory_request(model: str) -> str:
     from whisper_hpc import sizing
 
-    return {row["size"]: row["request"] for row in sizing.memory_advice()}[sizing.model_family(model)]
+    return sizing.workload_memory(sizing.model_parameters_m(model)[0])
 
 
 @pytest.mark.parametrize("script", ["cpu", "gpu", "array"])

@@ -235,6 +235,21 @@ def test_model_variables_follow_what_is_staged_and_help_shows_the_peer_commands(
         in result.stderr
 
 
+def test_a_name_without_a_size_is_advised_by_its_weights_as_whisper_batch_sizes_it(tmp_path, model_root):
+    """An imported fine-tune named without a size: the module's advice, the batch tool's request and
+    the app's come from the one rule (whisper_hpc.sizing), which counts the staged weights."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "my-model").symlink_to(model_root / "tiny.en", target_is_directory=True)
+    prefix, _, _ = install_with(tmp_path, [], model_root=root)
+    result = run_lmod(prefix, "module help whisper", tmp_path)
+    assert result.returncode == 0, result.stderr
+    parameters, _ = sizing.model_parameters_m("my-model", root / "my-model")
+    assert 30 < parameters < 45  # tiny's weights, not the largest model's
+    assert f"ask for --mem={sizing.workload_memory(parameters)}" in result.stderr
+    assert sizing.workload_memory(parameters) == sizing.workload_memory(39)
+
+
 def test_hostile_site_values_and_paths_cannot_break_or_run_anything(tmp_path):
     hostile = 'Uni "Q" ]==] $(touch pwned) `touch pwned2` \\ end'
     site_text = (f'[site]\nname = {json_string(hostile)}\nsupport = "help \\"desk\\" ]]"\nmodule_version = "{MODULE_VERSION}"\n\n')

@@ -47,8 +47,6 @@ RESERVED_NAMES = {
     "model_names", "CONTAINER_IMAGE", "CONTAINER_FLAGS", "WHISPER_MODELS", "WHISPER_HPC_SITE",
 }
 GPU_JOB_CPUS = 2
-UNKNOWN_SIZE_REQUEST = "4G"
-UNKNOWN_SIZE_REQUEST_OPENAI = "8G"
 
 
 class InstallError(WhisperHpcError):
@@ -93,12 +91,9 @@ def pick_examples(models: list[dict], default: str | None) -> tuple[dict | None,
     for CPU, the largest staged model for GPU."""
     if not models:
         return None, None
-    order = list(sizing.MODEL_SIZES)
-    family = sizing.model_family
-    rank = lambda m: order.index(family(m["name"])) if family(m["name"]) else -1  # noqa: E731
-    ranked = sorted(models, key=lambda m: (rank(m), m["name"]))
+    ranked = sorted(models, key=lambda m: (m["parameters_m"], m["name"]))
     by_name = {m["name"]: m for m in models}
-    cpu_candidates = [m for m in ranked if rank(m) <= order.index("medium")]
+    cpu_candidates = [m for m in ranked if m["parameters_m"] <= sizing.MODEL_PARAMETERS_M["medium"]]
     cpu = by_name.get(default or "") or (cpu_candidates[-1] if cpu_candidates else ranked[0])
     return cpu, ranked[-1]
 
@@ -106,12 +101,10 @@ def pick_examples(models: list[dict], default: str | None) -> tuple[dict | None,
 def install_context(site: Site, prefix: Path, warn=lambda message: None) -> dict:
     context = site_context(site, usable_models(site, warn))
     advice = sizing.memory_advice()
-    table = {row["size"]: row for row in advice}
-    for model in context["models"]:
-        size = sizing.model_family(model["name"])
-        model["size"] = size or "unknown"
-        model["request"] = table[size]["request"] if size else UNKNOWN_SIZE_REQUEST
-        model["request_openai"] = table[size]["request_openai"] if size else UNKNOWN_SIZE_REQUEST_OPENAI
+    for model in context["models"]:  # the rule whisper-batch and the Open OnDemand app size jobs by
+        model["parameters_m"], _ = sizing.model_parameters_m(model["name"], Path(model["path"]))
+        model["request"] = sizing.workload_memory(model["parameters_m"])
+        model["request_openai"] = sizing.workload_memory(model["parameters_m"], "openai-whisper")
     cpu, gpu = pick_examples(context["models"], site.models.default)
     context["install"] = {
         "prefix": str(prefix),

@@ -88,9 +88,7 @@ def model_needs(model: dict, threads: int) -> dict:
     For each of cpu, cpu_diarize, gpu, gpu_diarize: memory_mb to request, rtf (seconds of work
     per second of audio, pessimistic) and load_seconds.
     """
-    weights = Path(model["path"]) / "model.bin"
-    size = weights.stat().st_size if weights.is_file() else None
-    parameters, _known = sizing.model_parameters_m(model["name"], size)
+    parameters, _known = sizing.model_parameters_m(model["name"], Path(model["path"]))
     needs = {}
     for gpu in (False, True):
         for diarize in (False, True):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 # Parameters (millions) of the published Whisper checkpoints.
@@ -22,6 +23,8 @@ MODEL_PARAMETERS_M = {
     "distil-small.en": 166, "distil-medium.en": 394, "distil-large-v2": 756, "distil-large-v3": 756,
 }
 UNKNOWN_MODEL_PARAMETERS_M = 1550  # assume the largest: a job that asks too much still runs
+SMALLEST_COUNTED_M = 10  # fewer weights than this are a placeholder, not a Whisper (tiny has 39 M)
+BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "bfloat16": 2, "int16": 2, "int8": 1}
 
 # Peak RSS (MB) = intercept + slope * parameters (M): the line through tiny.en (39 M) and base (74 M),
 # measured here (MB): faster-whisper int8 266 / 327, float32 375 / 623 (the float16 weights are
@@ -69,17 +72,43 @@ def base_model_name(name: str) -> str:
     return name.lower().removesuffix(".en") if name.lower() not in MODEL_PARAMETERS_M else name.lower()
 
 
-def model_parameters_m(name: str, model_bin_bytes: int | None = None) -> tuple[float, bool]:
-    """(parameters in millions, known): from the name, else from a float16 model.bin's size."""
+def model_parameters_m(name: str, folder: Path | None = None) -> tuple[float, bool]:
+    """(parameters in millions, known): by its name (a published checkpoint's, or the size the name
+    contains: kb-whisper-small), else counted from the weights staged in `folder`, else the largest."""
     key = base_model_name(name)
     if key in MODEL_PARAMETERS_M:
         return float(MODEL_PARAMETERS_M[key]), True
     for family in ("large-v3-turbo", "turbo", "large", "medium", "small", "base", "tiny"):
         if family in key:
             return float(MODEL_PARAMETERS_M[family]), True
-    if model_bin_bytes:
-        return model_bin_bytes / 2 / 1e6, False
+    counted = counted_parameters_m(folder) if folder is not None else None
+    if counted and counted >= SMALLEST_COUNTED_M:
+        return counted, False
     return float(UNKNOWN_MODEL_PARAMETERS_M), False
+
+
+def counted_parameters_m(folder: Path) -> float | None:
+    """Parameters (millions) of the model staged in `folder`, from the size of its weights:
+    openai-whisper.pt holds float16 (as published, and as staging writes it), model.bin as its
+    own header says (int8 after an import with --quantization int8)."""
+    from whisper_hpc.model_store import OPENAI_CHECKPOINT
+
+    checkpoint, weights = folder / OPENAI_CHECKPOINT, folder / "model.bin"
+    try:
+        if checkpoint.is_file():
+            return checkpoint.stat().st_size / BYTES_PER_WEIGHT["float16"] / 1e6
+        if weights.is_file():
+            from whisper_hpc.convert import weight_storage
+
+            return weights.stat().st_size / BYTES_PER_WEIGHT.get(weight_storage(weights), 2) / 1e6
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def workload_memory(parameters_m: float, backend: str = "faster-whisper") -> str:
+    """The --mem to ask for one file at a time on a CPU with this model: the module's advice."""
+    return format_memory(Workload(parameters_m, backend=backend).memory_mb())
 
 
 @dataclass(frozen=True)
@@ -225,17 +254,6 @@ MEASURED_SIZES = ("tiny", "base")
 EXAMPLE_JOB_SECONDS = 4 * 3600
 
 
-def model_family(name: str) -> str | None:
-    """tiny.en -> tiny, large-v3 -> large, large-v3-turbo / turbo -> turbo, distil-* -> None."""
-    lowered = name.lower()
-    if "turbo" in lowered:
-        return "turbo"
-    if lowered.startswith("distil"):
-        return None
-    head = re.split(r"[._-]", lowered)[0]
-    return head if head in MODEL_SIZES else None
-
-
 def memory_advice() -> list[dict]:
     """One row per model size: expected peak and the --mem to ask for, for both engines."""
     rows = []
@@ -246,7 +264,7 @@ def memory_advice() -> list[dict]:
             "size": size, "parameters": f"{parameters} M",
             "faster_whisper": f"{fast.peak_mb() / 1024:.1f} GB", "openai_whisper": f"{openai.peak_mb() / 1024:.1f} GB",
             "how": "measured" if size in MEASURED_SIZES else "estimated",
-            "request": format_memory(fast.memory_mb()), "request_openai": format_memory(openai.memory_mb()),
+            "request": workload_memory(parameters), "request_openai": workload_memory(parameters, "openai-whisper"),
         })
     return rows
 

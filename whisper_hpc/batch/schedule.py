@@ -50,8 +50,7 @@ def probe_durations(manifest: Manifest, indices: Sequence[int]) -> None:
 
 
 def workload(manifest: Manifest, request: TranscriptionRequest, settings: dict) -> sizing.Workload:
-    weights = request.model.path / "model.bin"
-    parameters, _ = sizing.model_parameters_m(manifest.model, weights.stat().st_size if weights.is_file() else None)
+    parameters, _ = sizing.model_parameters_m(manifest.model, request.model.path)
     return sizing.Workload(
         parameters_m=parameters,
         backend=request.backend,
