@@ -149,7 +149,7 @@ class Lanes:
         self.progress = LockedProgress(progress)
         self.stopping = threading.Event()
         self.files = FileQueue(tasks, self.stopping)
-        self.summary_lock = threading.Lock()
+        self.failure_lock = threading.Lock()
         self.write_lock = threading.Lock()  # one file's transcripts written at a time; a stop waits for it
         self.failure: BaseException | None = None  # what ended a lane other than a file's own error
         self.prefetchers: list[Prefetcher] = []  # the lanes' decoders, all ended before the run returns
@@ -175,7 +175,7 @@ class Lanes:
         except Stopped:
             return
         except BaseException as error:  # noqa: BLE001 - it ends the run, raised by the main thread
-            with self.summary_lock:
+            with self.failure_lock:
                 self.failure = self.failure or error
             self.stopping.set()
 
@@ -187,13 +187,10 @@ class Lanes:
         except FILE_ERRORS as error:
             if self.stopping.is_set():
                 raise Stopped from None
-            message = failure_message(job, error)
-            with self.summary_lock:
-                self.summary.failed.append(message)
-            with self.progress.lock:
-                print(f"error: {message}", file=self.errors, flush=True)
+            with self.progress.lock:  # its line among the lanes' progress lines
+                self.summary.file_failed(failure_message(job, error), self.errors)
         else:
-            with self.summary_lock:
+            with self.progress.lock:
                 self.summary.done += 1
             self.progress.file_finished(str(job.source), duration, time.monotonic() - started, how=how)
         finally:

@@ -345,14 +345,10 @@ class GpuPool:
                 self.done_by[task.number] = worker.gpu
                 self.progress.file_finished(self.finished, str(task.job.source), duration, wall, how=how)
             else:
-                self.fail(task, message[2])
+                self.summary.file_failed(message[2], self.errors)
         elif kind == "fatal":
             _, text, code = message
             self.fatal = WhisperHpcError(text, code)
-
-    def fail(self, task: Task, message: str) -> None:
-        self.summary.failed.append(message)
-        print(f"error: {message}", file=self.errors, flush=True)
 
     def died(self, worker: Worker) -> None:
         """Put back what a dead worker held (or fail what killed a worker before), and replace it."""
@@ -381,9 +377,9 @@ class GpuPool:
             task.deaths.append(how)
             if len(task.deaths) >= MAX_DEATHS:
                 self.finished += 1
-                self.fail(task, failure_message(task.job, RuntimeError(
+                self.summary.file_failed(failure_message(task.job, RuntimeError(
                     f"every worker that transcribed it died ({'; '.join(task.deaths)}): not tried again; the file "
-                    "may crash the decoder or the engine (check it with `ffmpeg -v error -i FILE -f null -`)")))
+                    "may crash the decoder or the engine (check it with `ffmpeg -v error -i FILE -f null -`)")), self.errors)
             else:
                 back.append(task)
                 notice(f"{worker.name()} died ({how}) while it held {task.job.source}; it goes to another worker",
@@ -400,8 +396,8 @@ class GpuPool:
         while self.queue:
             task = self.queue.popleft()
             self.finished += 1
-            self.fail(task, failure_message(task.job, RuntimeError(
-                f"not transcribed: no worker process is left ({', '.join(ends)}); see the lines above")))
+            self.summary.file_failed(failure_message(task.job, RuntimeError(
+                f"not transcribed: no worker process is left ({', '.join(ends)}); see the lines above")), self.errors)
 
     def stop_workers(self) -> None:
         alive = [w for w in self.workers if w.alive]

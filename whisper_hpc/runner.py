@@ -62,6 +62,11 @@ class Summary:
     def line(self) -> str:
         return f"whisper-hpc: {self.done} done, {self.skipped} skipped, {len(self.failed)} failed"
 
+    def file_failed(self, message: str, errors) -> None:
+        """Count a file that failed, and say so in its one `error: FILE: reason` line."""
+        self.failed.append(message)
+        print(f"error: {message}", file=errors, flush=True)
+
 
 def channel_names(count: int) -> list[str]:
     return ["left", "right"] if count == 2 else [f"ch{i}" for i in range(count)]
@@ -395,9 +400,7 @@ def run_jobs(
                 summary.done += 1
                 progress.file_finished(index, str(job.source), duration, time.monotonic() - started, how=how)
             except FILE_ERRORS as error:
-                message = failure_message(job, error)
-                summary.failed.append(message)
-                print(f"error: {message}", file=errors, flush=True)
+                summary.file_failed(failure_message(job, error), errors)
             current.close()  # (anything else ends the run: the decoder stops where it is, undrained)
     return summary
 
