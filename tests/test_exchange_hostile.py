@@ -353,6 +353,38 @@ def test_import_from_the_hub_resumes_checks_and_transcribes(online, hub, exporte
     assert JFK_WORDS in words_of(text), text
 
 
+def test_an_abandoned_import_download_is_listed_and_removed(online, hub, tmp_path):
+    """A killed import keeps its hub download for the next one to resume; `list` shows it with its
+    size, and `remove NAME` discards it (not while an import of that name runs)."""
+    root = online.root
+    download = root / ".staging" / ".sources" / NAME
+    fault = hub.stall(hub.resolve_path(REPO, "model.safetensors", hub.repo.commit), after=2 * MB)
+    process = online.start_models("import", REPO, "--name", NAME)
+    try:
+        wait_for(fault.reached.is_set, "the weights download to start")
+        wait_for(lambda: (download / "config.json").is_file(), "a finished small file")
+        (tmp_path / "busy-tmp").mkdir()
+        busy = subprocess.run(online.models_command("remove", NAME), capture_output=True, text=True, timeout=60,
+                              env=clean_environment(online.home, tmp_path / "busy-tmp", online.env))
+        assert busy.returncode == 1 and "staging" in busy.stderr and download.is_dir(), busy.stderr
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.communicate()
+        fault.release.set()
+    assert [p.name.startswith("whisper-hpc-") for p in online.scratch.iterdir()] == [True]  # a kill's only trace
+    shutil.rmtree(online.scratch)
+    online.scratch.mkdir()
+    listed = online.models("list")
+    assert "left by interrupted imports" in listed.stdout and str(download) in listed.stdout, listed.stdout
+    leftovers = {entry["name"]: entry for entry in json.loads(online.models("list", "--json").stdout)["interrupted_imports"]}
+    assert set(leftovers) <= {NAME, f"{NAME}.prepared"}  # the download, and what the kill left half-made
+    assert leftovers[NAME]["size"] >= (download / "config.json").stat().st_size
+    removed = online.models("remove", NAME)
+    assert removed.returncode == 0 and str(download) in removed.stdout, removed.stderr
+    assert not download.exists() and not (root / NAME).exists()
+    assert "interrupted imports" not in online.models("list").stdout
+
+
 def test_a_hub_file_that_differs_from_the_listing_is_refused(online, hub):
     forged = bytearray((hub.repo.files["tokenizer.json"].source).read_bytes())
     forged[len(forged) // 2] ^= 0x01

@@ -20,7 +20,7 @@ from whisper_hpc.site import model_root
 from whisper_hpc.staging.catalogue import NAME, CatalogueError, load_catalogue
 from whisper_hpc.staging.credentials import TOKEN_VARIABLE, read_token, redactor, scrub_all_logging
 from whisper_hpc.staging.fetch import FetchOptions, fetch_entry
-from whisper_hpc.staging.tree import DIARIZATION, STAGING, TreeError, discard, inside, remove_tree
+from whisper_hpc.staging.tree import DIARIZATION, SOURCES, STAGING, TreeError, discard, exclusive, inside, remove_tree
 from whisper_hpc.staging.verify import staged_path
 
 PROG = "whisper-models"
@@ -193,15 +193,18 @@ def remove(name: str, root: Path) -> None:
             path = staged_path(root, name)
         except CatalogueError:
             pass
-    leftovers = [p for p in (root / STAGING / name, root / STAGING / DIARIZATION / name) if p.exists()]
+    sources = root / STAGING / SOURCES
+    leftovers = [p for p in (root / STAGING / name, root / STAGING / DIARIZATION / name, sources / name,
+                             sources / f"{name}.prepared", sources / f"{name}.replaced") if p.exists()]
     if path is None and not leftovers:
         raise TreeError(f"{name} is not staged in {root}")
-    if path is not None:
-        remove_tree(path, root)
-        say(f"{name}: removed {path}")
-    for leftover in leftovers:
-        discard(leftover)
-        say(f"{name}: removed the interrupted download in {leftover}")
+    with exclusive(root, name):  # not while a fetch or an import of it runs
+        if path is not None:
+            remove_tree(path, root)
+            say(f"{name}: removed {path}")
+        for leftover in leftovers:
+            discard(leftover)
+            say(f"{name}: removed what an interrupted fetch or import left in {leftover}")
 
 
 def for_each(items, action) -> int:

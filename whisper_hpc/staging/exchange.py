@@ -33,14 +33,13 @@ from whisper_hpc.staging import hf_format
 from whisper_hpc.staging.checksums import write_manifest
 from whisper_hpc.staging.credentials import Token
 from whisper_hpc.staging.hf_format import FormatError
-from whisper_hpc.staging.tree import discard, ensure_root, exclusive, publish, staging_dir, tree_size
+from whisper_hpc.staging.tree import SOURCES, discard, ensure_root, exclusive, publish, staging_dir, tree_size
 
 QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32")
 FORMATS = ("transformers", "mindspeed", "openai", "ggml")
 MINDSPEED_CHECKPOINT = "model_optim_rng.pt"
 COPIED_FILES = (hf_format.TOKENIZER, hf_format.PREPROCESSOR)
 MULTILINGUAL_VOCABULARY = 51865  # English-only Whisper vocabularies have 51864 tokens, multilingual ones more
-SOURCES = ".sources"  # ROOT/.staging/.sources/<name>: a hub download, kept until the import succeeds (resume)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from whisper_hpc.model_store import StagedModel, list_staged, variable_name
 from whisper_hpc.staging.catalogue import Catalogue
-from whisper_hpc.staging.tree import DIARIZATION, STAGING, tree_size
+from whisper_hpc.staging.tree import DIARIZATION, SOURCES, STAGING, tree_size
 
 
 def engines(model: StagedModel) -> list[str]:
@@ -78,7 +78,19 @@ def inventory(root: Path, catalogue: Catalogue | None) -> dict:
         if entry.name not in staged_pipeline_names:
             available.append({"name": entry.name, "kind": "diarization", "gated": entry.gated,
                               "pinned": entry.pinned, "partial_bytes": partial(root, f"{DIARIZATION}/{entry.name}")})
-    return {"root": str(root), "models": models, "pipelines": pipelines, "available": available}
+    return {"root": str(root), "models": models, "pipelines": pipelines, "available": available,
+            "interrupted_imports": interrupted_imports(root)}
+
+
+def interrupted_imports(root: Path) -> list[dict]:
+    """What failed or killed imports left in ROOT/.staging/.sources: a hub download kept for the
+    next import to resume, or (after a kill) its half-made folders; `remove NAME` discards them."""
+    folder = root / STAGING / SOURCES
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink())
+    except OSError:
+        return []
+    return [{"name": p.name, "path": str(p), "size": tree_size(p)} for p in entries]
 
 
 def human(size: float) -> str:
@@ -107,6 +119,10 @@ def print_inventory(root: Path, catalogue: Catalogue | None, as_json: bool = Fal
         print(f"  {p['name']:<16} {human(p['size']):>9}  {p['path']}")
     if not data["pipelines"]:
         print("  none")
+    if data["interrupted_imports"]:
+        print("left by interrupted imports (the same import resumes; `whisper-models remove NAME` discards):")
+        for leftover in data["interrupted_imports"]:
+            print(f"  {leftover['name']:<16} {human(leftover['size']):>9}  {leftover['path']}")
     if data["available"]:
         print("in the catalogue, not staged (`whisper-models fetch NAME`):")
         for a in data["available"]:

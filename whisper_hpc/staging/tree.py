@@ -14,6 +14,7 @@ from typing import Iterator
 from whisper_hpc.errors import WhisperHpcError
 
 STAGING = ".staging"          # ROOT/.staging/<name>: downloads in progress (resumable), admin only
+SOURCES = ".sources"  # ROOT/.staging/.sources/<name>: a hub download, kept until the import succeeds (resume)
 DIARIZATION = "diarization"   # ROOT/diarization/<name>: pyannote pipeline directories
 READ_ONLY_FILE = 0o444
 READ_ONLY_DIR = 0o555
