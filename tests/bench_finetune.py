@@ -19,11 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transcribe import MODELS, SHARED, ffmpeg  # noqa: E402
+from bench_transcribe import MODELS, SHARED, ffmpeg, run_recorded  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent / "infra"))
 from cluster import free_ports  # noqa: E402
 
@@ -108,15 +107,8 @@ def run_logged(prepared: Path, work: Path, ranks: int, arguments, env: dict) -> 
         command = [str(BIN / "python"), "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
                    str(ranks), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_ports(1)[0]}",
                    "-m", "whisper_hpc.finetune", *flags]
-    started = time.monotonic()
-    process = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - started
-    output = process.stdout.read()
-    process.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"training failed: {' '.join(command)}\n{output[-3000:]}")
-    return {"wall": wall, "peak": usage.ru_maxrss / 1024, "tokens": tokens_per_second(output)}
+    wall, peak, output = run_recorded(command, work, env)
+    return {"wall": wall, "peak": peak, "tokens": tokens_per_second(output)}
 
 
 if __name__ == "__main__":

@@ -31,15 +31,25 @@ ENGLISH_SECONDS = 29.5  # the English half of multilingual.mp3
 
 def run_measured(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one child process and everything it waits for."""
-    started = time.monotonic()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - started
-    stderr = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"benchmark command failed: {' '.join(command)}\n{stderr[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    wall, peak, _ = run_recorded(command, cwd, env)
+    return wall, peak
+
+
+def run_recorded(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float, str]:
+    """run_measured, and what the child printed (stdout and stderr), kept in a file rather than a
+    pipe: wait4 gives the peak of the whole tree, and a child must not block on a full pipe meanwhile."""
+    with tempfile.TemporaryFile() as log:
+        started = time.monotonic()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise SystemExit(f"benchmark command failed: {' '.join(command)}\n{output[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, output
 
 
 def ffmpeg(*arguments: str) -> None:
