@@ -281,3 +281,17 @@ def test_batch_size_alone_on_a_long_recording(cli, tmp_path, shared_data, refere
         spoken = " ".join(s["text"] for s in transcript["segments"] if s["start"] < start + 11 and s["end"] > start)
         assert "country" in normalise(spoken), (start, spoken)
     assert transcript["segments"][-1]["end"] >= transcript["duration"] - 20
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sampling_at_a_temperature_gives_the_same_transcript_run_after_run(cli, tmp_path, shared_data, backend):
+    """--temperature 1.0 samples every token; the engines' generators are seeded when they load, so
+    two runs of the same command agree word for word (unseeded, no two runs did)."""
+    texts = []
+    for run in ("first", "second"):
+        result = cli(str(shared_data / "sample.wav"), "--model", "tiny.en", "--language", "en", "--backend", backend,
+                     "--temperature", "1.0", "--temperature_increment_on_fallback", "None", "-f", "txt",
+                     "-o", str(tmp_path / run))
+        assert result.returncode == 0, result.stderr
+        texts.append((tmp_path / run / "sample.txt").read_text(encoding="utf-8"))
+    assert texts[0] == texts[1] and len(texts[0].split()) > 20, texts

@@ -13,6 +13,12 @@ from whisper_hpc.model_store import StagedModel
 from whisper_hpc.transcript import Segment
 
 
+# The temperature fallback samples; both engines seed their generators with this when they load, so
+# that a run gives the same transcripts as the same run before (one file at a time: with several at
+# once, which replica draws for which file depends on timing).
+SAMPLING_SEED = 0
+
+
 class EngineError(WhisperHpcError):
     """A model or device problem; the message says what to do."""
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions
+from whisper_hpc.engines.base import (
+    SAMPLING_SEED, DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions,
+)
 from whisper_hpc.audio import SAMPLE_RATE
 from whisper_hpc.transcript import Segment, Word
 
@@ -23,8 +25,10 @@ class FasterWhisperEngine:
                 "tokenizer.json); use --backend openai-whisper for a .pt checkpoint, or stage the model "
                 "with `whisper-models fetch`"
             )
+        import ctranslate2
         from faster_whisper import WhisperModel
 
+        ctranslate2.set_random_seed(SAMPLING_SEED)  # before its threads first draw: each seeds itself then
         self.device = model.device
         self.compute_type = model.compute_type or ("float16" if model.device == "cuda" else "int8")
         try:

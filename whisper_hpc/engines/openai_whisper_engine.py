@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_hpc.engines.base import DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions
+from whisper_hpc.engines.base import (
+    SAMPLING_SEED, DecodeOptions, EngineError, EngineResult, ModelRequest, Notice, package_versions,
+)
 from whisper_hpc.transcript import Segment, Word
 
 FP16_TYPES = {"float16", "int8_float16"}
@@ -22,6 +24,7 @@ class OpenAIWhisperEngine:
         self.notice = notice
         self.device = model.device
         torch.set_num_threads(model.threads)
+        torch.manual_seed(SAMPLING_SEED)
         wants_fp16 = model.compute_type in FP16_TYPES if model.compute_type else model.device == "cuda"
         if wants_fp16 and model.device == "cpu":
             notice("openai-whisper: fp16 is not supported on CPU; using fp32")
