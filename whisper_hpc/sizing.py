@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from whisper_hpc.model_store import OPENAI_CHECKPOINT
+
 # Parameters (millions) of the published Whisper checkpoints.
 MODEL_PARAMETERS_M = {
     "tiny": 39, "base": 74, "small": 244, "medium": 769,
@@ -91,8 +93,6 @@ def counted_parameters_m(folder: Path) -> float | None:
     """Parameters (millions) of the model staged in `folder`, from the size of its weights:
     openai-whisper.pt holds float16 (as published, and as staging writes it), model.bin as its
     own header says (int8 after an import with --quantization int8)."""
-    from whisper_hpc.model_store import OPENAI_CHECKPOINT
-
     checkpoint, weights = folder / OPENAI_CHECKPOINT, folder / "model.bin"
     try:
         if checkpoint.is_file():
