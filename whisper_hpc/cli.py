@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Sequence
 
 from whisper_hpc import runtime
-from whisper_hpc.errors import USAGE_EXIT, WhisperHpcError, report
+from whisper_hpc.errors import USAGE_EXIT, WhisperHpcError, entry_point, report
 from whisper_hpc.options import parse
 
 PROGRAM = "whisper-hpc"
 
 
+@entry_point(PROGRAM)
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     runtime.make_offline()
@@ -25,8 +25,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print_help()
         return USAGE_EXIT
-    # SIGTERM (scancel, time limit) must unwind: partial files and the run directory get removed.
-    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
         return transcribe(parse(argv))
     except WhisperHpcError as error:

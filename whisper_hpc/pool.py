@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from whisper_hpc import audio, devices, runtime
-from whisper_hpc.errors import WhisperHpcError
+from whisper_hpc.errors import WhisperHpcError, termination_status, unwind_on_sigterm
 from whisper_hpc.inputs import Job
 from whisper_hpc.progress import Progress
 from whisper_hpc.runner import (
@@ -535,7 +535,7 @@ def worker_main(number: int, gpu: int, visible: str, threads: int, payload: Work
     """A worker process: load the model on `gpu` (made its only GPU: CUDA_VISIBLE_DEVICES=`visible`,
     device_index 0), then transcribe what the parent hands over."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which ends the workers
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unwind_on_sigterm()
     sender = Sender(results)
     code = 0
     try:
@@ -580,8 +580,10 @@ def worker_main(number: int, gpu: int, visible: str, threads: int, payload: Work
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:  # noqa: BLE001 - a bug: say where, and die like a crash (the parent retries elsewhere)
-        traceback.print_exc()
-        code = 1
+        code = termination_status()  # or a library's error raised in place of SIGTERM's SystemExit
+        if code is None:
+            traceback.print_exc()
+            code = 1
     # Returning through multiprocessing runs its finalisers; the decoding thread is a daemon and
     # never holds the exit up.
     sys.exit(code)

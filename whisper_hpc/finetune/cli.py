@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Sequence
 
 from whisper_hpc import runtime
-from whisper_hpc.errors import WhisperHpcError, report
+from whisper_hpc.errors import WhisperHpcError, entry_point, report
 
 PROG = "whisper-finetune"
 
@@ -127,11 +125,11 @@ def run_export(arguments) -> int:
 COMMANDS = {"prepare": run_prepare, "train": run_train, "export": run_export}
 
 
+@entry_point(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     runtime.make_offline()
     arguments = parser().parse_args(argv)
-    # SIGTERM (scancel, a time limit, a requeue) unwinds; the next run resumes from the last checkpoint.
-    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    # SIGTERM (scancel, a time limit, a requeue) unwinds (entry_point); the next run resumes from the last checkpoint.
     try:
         runtime.start_run()
         return COMMANDS[arguments.command](arguments)
@@ -143,6 +141,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; `{PROG} train` resumes from the last complete checkpoint", file=sys.stderr)
         return 130
-    except Exception:
-        print(f"{PROG}: unexpected error\n" + traceback.format_exc(), file=sys.stderr, flush=True)
-        return 1

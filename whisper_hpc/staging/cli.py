@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import traceback
 from pathlib import Path
 from typing import Sequence
 
 from whisper_hpc import runtime
-from whisper_hpc.errors import UsageError, WhisperHpcError
+from whisper_hpc.errors import UsageError, WhisperHpcError, entry_point
 from whisper_hpc.model_store import resolve_model
 from whisper_hpc.site import model_root
 from whisper_hpc.staging.catalogue import NAME, CatalogueError, load_catalogue
@@ -90,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+@entry_point(PROG)
 def main(argv: Sequence[str] | None = None) -> int:
     runtime.make_offline()
     scrub_all_logging()
@@ -97,8 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     token_from_environment = os.environ.pop(TOKEN_VARIABLE, None)
     arguments = parser().parse_args(argv)
     arguments.token_from_environment = token_from_environment
-    # SIGTERM (scancel, a time limit, an admin's kill) unwinds: half-done work and temporary folders go.
-    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     try:
         root = (Path(arguments.root) if arguments.root else model_root()).absolute()
         runtime.start_run()
@@ -114,9 +111,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         warn(f"{PROG}: interrupted; `{PROG} fetch` resumes where it stopped")
-        return 1
-    except Exception:
-        warn(f"{PROG}: unexpected error\n" + "".join(traceback.format_exc()))
         return 1
 
 
